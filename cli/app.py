@@ -1,0 +1,192 @@
+"""The Typer application behind the `gradalign` command.
+
+Owns: option parsing, progress display and rendering. Every command builds one config and calls the
+library function a Python user would call; nothing here computes results. Imports of torch,
+transformers and pandas happen inside commands so `gradalign --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="gradalign",
+    help="Per-token diagnosis of on-policy distillation: does each teacher's gradient point toward student success?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("build-world")
+def build_world(
+    out: Path = typer.Option(Path("data"), help="data folder to (re)write"),
+    seed: int = typer.Option(0, help="seed for task generation and training"),
+    smoke: bool = typer.Option(False, help="tiny sizes and a few steps (seconds; for tests)"),
+) -> None:
+    """Regenerate the embedded world (task files, tokenizer, student and teachers) from a seed.
+
+    Example: gradalign build-world --out data --seed 0
+    """
+    from gradalign.world import main as world_main
+
+    argv = ["--out", str(out), "--seed", str(seed)] + (["--smoke"] if smoke else [])
+    world_main(argv)
+
+
+@app.command("accuracy")
+def accuracy(
+    model: str = typer.Option("student", help="bundled model name, local folder or HF id"),
+    context: str = typer.Option("none", help="context the model sees before the question: none, solution, summary, answer, example"),
+    n: int = typer.Option(200, help="questions from the test split (fixed order)"),
+    seed: int = typer.Option(0, help="sampling seed"),
+) -> None:
+    """Sampled accuracy (temperature 1) of a model on the bundled addition task under one context.
+
+    Example: gradalign accuracy --model student --context solution --n 200
+    """
+    from gradalign import world
+
+    try:
+        acc = world.accuracy_on_test(model, context, n=n, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
+
+
+def _progress_runner():
+    """A rich progress display and the (stage, done, total) callback the library calls."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+    tasks: dict[str, int] = {}
+
+    def cb(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, cb
+
+
+def _render_summary(run) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gradalign.analysis import summary_table
+
+    tables = run.tables()
+    s = summary_table(tables.alignment)
+    r = tables.rollouts
+    console = Console()
+    table = Table(title=f"mean cos(ideal, distill) by config x loss  ({int(r.correct.sum())}/{len(r)} rollouts correct)")
+    for col in ("config", "loss", "correct rollouts", "incorrect rollouts", "all", "nodes (c/i)"):
+        table.add_column(col, justify="left" if col in ("config", "loss") else "right")
+    fmt = lambda v: "-" if v != v else f"{v:+.3f}"  # noqa: E731
+    for (config, loss), row in s.iterrows():
+        table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{row.n_correct}/{row.n_incorrect}")
+    console.print(table)
+
+
+def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bool, shard_size: int) -> None:
+    import logging
+
+    from gradalign.config import ConfigError, apply_overrides, load_config, parse_overrides
+    from gradalign.graders import GraderSpecError
+    from gradalign.models import ModelError
+    from gradalign.tasks import TaskError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_path)
+        if overrides:
+            cfg = apply_overrides(cfg, parse_overrides(overrides))
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    from gradalign.engine import diagnose
+
+    bar, cb = _progress_runner()
+    try:
+        with bar:
+            run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
+    except (ConfigError, TaskError, ModelError, GraderSpecError, FileExistsError) as e:
+        _fail(str(e))
+    _render_summary(run)
+    t = run.manifest["timings_s"]
+    typer.echo(f"wrote {out}/{{rollouts,tokens,nodes,alignment}}.parquet and manifest.json in {t['total']:.1f}s")
+    typer.echo(f"next: gradalign report {out} --out reports/  |  python -c \"import gradalign; t = gradalign.load('{out}'); print(t.alignment.head())\"")
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    config: Path = typer.Argument(..., help="TOML run config (see data/configs/)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder for the tables and manifest"),
+    set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set sampling.rollouts_per_question=8"),
+    resume: bool = typer.Option(False, help="keep finished shards in OUT and compute the rest"),
+    shard_size: int = typer.Option(8, help="questions per shard (the unit written to disk and resumed)"),
+) -> None:
+    """Diagnose teacher/context configs: per-token alignment of distillation and ideal gradients.
+
+    Example: gradalign diagnose data/configs/demo.toml --out runs/demo --set task.limit=20
+    """
+    _run_diagnose(config, out, set_, resume, shard_size)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="output folder (replaced if it holds a previous demo)"),
+) -> None:
+    """Run the bundled demo config on the embedded world (under a minute on 2 CPU cores).
+
+    Example: gradalign demo --out runs/demo
+    """
+    import shutil
+
+    from gradalign.tasks import data_dir
+
+    if out.exists() and (out / "shards" / "run.json").exists():
+        shutil.rmtree(out)
+    _run_diagnose(data_dir() / "configs" / "demo.toml", out, [], False, 8)
+
+
+@app.command("validate")
+def validate(config: Path = typer.Argument(..., help="TOML run config")) -> None:
+    """Check a run config, its task file and templates without loading model weights.
+
+    Example: gradalign validate data/configs/demo.toml
+    """
+    from gradalign.config import ConfigError, load_config
+    from gradalign.graders import GraderSpecError, check_grader
+    from gradalign.models import ModelError, resolve
+    from gradalign.tasks import TaskError, load_task
+
+    try:
+        cfg = load_config(config)
+        templates = {"task.prompt": cfg.task.prompt} | {f"teachers[{i}].context": t.context for i, t in enumerate(cfg.teachers)}
+        task = load_task(name=cfg.task.name, path=cfg.task.path, split=cfg.task.split, limit=cfg.task.limit,
+                         offset=cfg.task.offset, id_field=cfg.task.id_field, answer_field=cfg.task.answer_field, templates=templates)
+        check_grader(cfg.task.grader)
+        resolve(cfg.student.model, gguf_file=cfg.student.gguf_file)
+        for t in cfg.teachers:
+            if t.model != "student":
+                resolve(t.model, gguf_file=t.gguf_file)
+    except (ConfigError, TaskError, ModelError, GraderSpecError) as e:
+        _fail(str(e))
+    typer.echo(f"ok: {config}: {len(task.rows)} questions, {len(cfg.teachers)} configs, losses {', '.join(cfg.distill.losses)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

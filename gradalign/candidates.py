@@ -1,0 +1,61 @@
+"""Candidate next tokens at a node: which tokens get their own success estimate S_k.
+
+Owns: building the candidate set K at one node from the sampled token, the student's top-k, each
+teacher config's top-k, and an optional coverage extension (student tokens by descending
+probability until a target mass is covered), with a cap and a recorded source per candidate.
+Does not own the residual bucket's sampling (the engine draws it) or the estimates (`estimates`).
+
+Priority when the cap bites: sampled token, then student top-k, then teachers' top-k in config
+order, then coverage tokens. A token proposed by several sources keeps the first source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+SOURCES = ("sampled", "student_topk", "teacher_topk", "coverage", "residual")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token_id: int
+    source: str  # one of SOURCES
+    source_config: str = ""  # the teacher config that proposed it (teacher_topk only)
+
+
+def candidate_set(
+    sampled: int,
+    student_logp: torch.Tensor,
+    teacher_logps: Mapping[str, torch.Tensor],
+    *,
+    top_k: int = 3,
+    coverage: float = 0.0,
+    max_candidates: int = 16,
+) -> tuple[Candidate, ...]:
+    """Candidates at one node. student_logp: [V]; teacher_logps: config name -> [V]."""
+    out: list[Candidate] = []
+    seen: set[int] = set()
+
+    def add(tok: int, source: str, cfg: str = "") -> None:
+        if tok not in seen and len(out) < max_candidates:
+            seen.add(tok)
+            out.append(Candidate(int(tok), source, cfg))
+
+    add(sampled, "sampled")
+    if top_k:
+        for t in torch.topk(student_logp, min(top_k, student_logp.numel())).indices.tolist():
+            add(t, "student_topk")
+        for name, lq in teacher_logps.items():
+            for t in torch.topk(lq, min(top_k, lq.numel())).indices.tolist():
+                add(t, "teacher_topk", name)
+    if coverage > 0:
+        p = student_logp.exp()
+        order = torch.argsort(p, descending=True).tolist()
+        for t in order:
+            if float(p[list(seen)].sum()) >= coverage or len(out) >= max_candidates:
+                break
+            add(t, "coverage")
+    return tuple(out)

@@ -1,0 +1,159 @@
+"""Model references: resolving, loading, fingerprinting, and tokenizer compatibility.
+
+Owns: turning a model reference from a config (a bundled name under `data/models/`, a local folder,
+or a Hugging Face model id, optionally with a GGUF file) into a loaded `transformers` model and
+tokenizer; content hashes for the manifest; and the check that a teacher shares the student's
+tokenizer (same vocabulary and ids). Does not own sampling (`generation`) or scoring (`scoring`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradalign.tasks import data_dir
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelError(ValueError):
+    """A one-line, user-facing problem with a model reference or tokenizer."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from. `source` is the resolved local path or the hub id."""
+
+    ref: str
+    source: str
+    is_local: bool
+    gguf_file: str = ""
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    ref: ModelRef
+    model: object  # transformers PreTrainedModel
+    tokenizer: object  # transformers PreTrainedTokenizerBase
+    content_hash: str
+
+
+def resolve(ref: str, *, gguf_file: str = "", revision: str = "") -> ModelRef:
+    """Bundled name -> data/models/<name>; existing folder -> itself; else a hub id.
+
+    A reference that looks like a path (starts with '.', '/', '~' or contains os separators and
+    exists nowhere) is an error rather than a hub lookup.
+    """
+    bundled = data_dir() / "models" / ref
+    if ref and "/" not in ref and bundled.is_dir():
+        return ModelRef(ref, str(bundled), True, gguf_file, revision)
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return ModelRef(ref, str(p.resolve()), True, gguf_file, revision)
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ModelError(f"model {ref!r}: folder not found")
+    if not ref:
+        raise ModelError("model: empty reference")
+    return ModelRef(ref, ref, False, gguf_file, revision)
+
+
+def content_hash(ref: ModelRef) -> str:
+    """blake2b over the weight/config/tokenizer files of a local model (files > 256 MiB are hashed
+    by size plus their first and last 16 MiB, marked 'sampled'); for hub ids, the resolved revision."""
+    if not ref.is_local:
+        return f"hub:{ref.source}@{ref.revision or 'default'}"
+    h = hashlib.blake2b(digest_size=16)
+    sampled = False
+    root = Path(ref.source)
+    for f in sorted(root.iterdir()):
+        if not f.is_file() or f.suffix not in (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt"):
+            continue
+        size = f.stat().st_size
+        h.update(f.name.encode() + size.to_bytes(8, "little"))
+        with f.open("rb") as fh:
+            if size <= 256 << 20:
+                h.update(fh.read())
+            else:
+                sampled = True
+                h.update(fh.read(16 << 20))
+                fh.seek(size - (16 << 20))
+                h.update(fh.read())
+    return ("sampled:" if sampled else "") + h.hexdigest()
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ModelError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: CUDA is not available on this machine (use device = \"cpu\")")
+    return device
+
+
+def load_tokenizer(ref: ModelRef):
+    from transformers import AutoTokenizer
+
+    kw = {}
+    if ref.gguf_file:
+        kw["gguf_file"] = ref.gguf_file
+    if ref.revision:
+        kw["revision"] = ref.revision
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.source, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"model {ref.ref!r}: cannot load tokenizer from {ref.source}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(ref: ModelRef, *, dtype: str = "float32", device: str = "cpu", tokenizer=None) -> LoadedModel:
+    """Load a causal LM (eval mode, on `device`) and its tokenizer (or reuse `tokenizer`)."""
+    from transformers import AutoModelForCausalLM
+
+    kw = {"dtype": _torch_dtype(dtype)}
+    if ref.gguf_file:
+        kw["gguf_file"] = ref.gguf_file
+    if ref.revision:
+        kw["revision"] = ref.revision
+    tok = tokenizer if tokenizer is not None else load_tokenizer(ref)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.source, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"model {ref.ref!r}: cannot load from {ref.source}: {str(e).splitlines()[0]}") from None
+    model.to(pick_device(device))
+    model.eval()
+    return LoadedModel(ref, model, tok, content_hash(ref))
+
+
+def check_same_tokenizer(student_tok, teacher_tok, *, student_name: str, teacher_name: str) -> None:
+    """Teachers must score the student's exact token ids: same vocabulary, ids and special ids."""
+    sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if sv != tv:
+        only_s = len(set(sv) - set(tv))
+        only_t = len(set(tv) - set(sv))
+        moved = sum(1 for k in set(sv) & set(tv) if sv[k] != tv[k])
+        raise ModelError(
+            f"teacher {teacher_name!r} does not share the student's tokenizer ({student_name!r}): "
+            f"vocab sizes {len(sv)} vs {len(tv)}, {only_s} tokens only in the student, {only_t} only in the "
+            f"teacher, {moved} with different ids; gradalign compares distributions token id by token id"
+        )
+    if student_tok.eos_token_id != teacher_tok.eos_token_id:
+        raise ModelError(
+            f"teacher {teacher_name!r} and student {student_name!r} use different EOS ids "
+            f"({teacher_tok.eos_token_id} vs {student_tok.eos_token_id})"
+        )

@@ -1,0 +1,107 @@
+"""Teacher and student scoring: log-probabilities over the student's exact token ids.
+
+Owns: batched forward passes of a model over (prefix ids + completion ids), turning logits at the
+completion positions into per-token statistics, and keeping full-vocabulary log-prob vectors only
+at the branched node positions. Never holds T x V x C logits: each batch of sequences is reduced to
+per-token statistics before the next one, and only node rows [n_nodes, V] survive.
+Does not own the divergence math (`gradients`) or which positions are nodes (`selectors`).
+
+Shapes: for a sequence with prefix length P and completion length T, the logits at index P-1+t
+predict completion token t; `logp[t]` is log softmax(logits[P-1+t] / temperature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One sequence to score: the model's own prefix (prompt, or context + prompt) and the
+    student's completion ids; `nodes` are completion positions whose full log-probs are kept."""
+
+    prefix: tuple[int, ...]
+    completion: tuple[int, ...]
+    nodes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """log_softmax rows at the completion positions, reduced.
+
+    logp_full: [T, V] float32 on CPU — only when `keep_full` was asked (student, for divergences);
+    token_logprob: [T] log p(y_t); entropy: [T]; node_logp: [len(nodes), V] float64.
+    """
+
+    token_logprob: torch.Tensor
+    entropy: torch.Tensor
+    node_logp: torch.Tensor
+    logp_full: torch.Tensor | None
+
+
+def _batches(reqs: Sequence[ScoreRequest], max_tokens: int):
+    order = sorted(range(len(reqs)), key=lambda i: len(reqs[i].prefix) + len(reqs[i].completion))
+    batch, width = [], 0
+    for i in order:
+        L = len(reqs[i].prefix) + len(reqs[i].completion)
+        if batch and max(width, L) * (len(batch) + 1) > max_tokens:
+            yield batch
+            batch, width = [], 0
+        batch.append(i)
+        width = max(width, L)
+    if batch:
+        yield batch
+
+
+def score(
+    model,
+    reqs: Sequence[ScoreRequest],
+    *,
+    temperature: float = 1.0,
+    pad_id: int = 0,
+    keep_full: bool = False,
+    max_batch_tokens: int = 16384,
+) -> list[Scored]:
+    """Forward `model` over each request (right padding, batched by total tokens) -> Scored each.
+
+    With `keep_full`, the [T, V] log-prob matrix of each sequence is returned (float32, CPU) so the
+    caller can compute divergences against teachers one sequence at a time.
+    """
+    from gradalign.gradients import entropy
+
+    device = next(model.parameters()).device
+    out: list[Scored | None] = [None] * len(reqs)
+    for idx in _batches(reqs, max_batch_tokens):
+        seqs = [list(reqs[i].prefix) + list(reqs[i].completion) for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for r, i in enumerate(idx):
+            req = reqs[i]
+            P, T = len(req.prefix), len(req.completion)
+            if T == 0:
+                V = logits.shape[-1]
+                empty = torch.zeros(0)
+                out[i] = Scored(empty, empty, torch.zeros((0, V), dtype=torch.float64), torch.zeros((0, V)) if keep_full else None)
+                continue
+            z = logits[r, P - 1 : P - 1 + T].double() / temperature  # [T, V]
+            logp = torch.log_softmax(z, dim=-1)
+            tok = torch.tensor(req.completion, dtype=torch.long, device=logp.device)
+            token_lp = logp.gather(-1, tok[:, None])[:, 0]
+            node_lp = logp[list(req.nodes)] if req.nodes else logp[:0]
+            out[i] = Scored(
+                token_logprob=token_lp.float().cpu(),
+                entropy=entropy(logp).float().cpu(),
+                node_logp=node_lp.cpu(),
+                logp_full=logp.float().cpu() if keep_full else None,
+            )
+        del logits
+    return out  # type: ignore[return-value]

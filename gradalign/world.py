@@ -1,0 +1,394 @@
+"""The embedded offline world: builds the bundled task files, tokenizer and tiny models from a seed.
+
+Owns: the character-level tokenizer (saved in Hugging Face format), the tiny Llama configs, the
+training loop and mixes, checkpoint selection for the student, and the accuracy measurement that
+data/README.md reports. Does not own the task's text format (`arithmetic`), sampling
+(`generation`) or answer extraction (`graders`).
+
+What gets built under `data/` (everything loadable with the public transformers API):
+
+- `tasks/addition/{train,test}.jsonl`: rows with id, question, answer, solution, summary, example.
+- `models/tokenizer`: shared char-level tokenizer; each model folder carries a copy of it.
+- `models/teacher-strong`: trained to convergence on the mix of plain and context prompts.
+- `models/student`: an early checkpoint of that same run, chosen by measured accuracy (about half
+  right when sampled at temperature 1, but already able to use privileged context).
+- `models/teacher-flawed`: teacher-strong fine-tuned on solutions that drop the carry out of any
+  column summing to exactly 10.
+
+Run `python -m gradalign.world --out data` (about 15 minutes on 2 CPU cores) or `--smoke` for a
+seconds-long build with tiny sizes used by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import string
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+CHARS = tuple(string.digits + string.ascii_letters + string.punctuation + " \n")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int = 96
+    layers: int = 3
+    heads: int = 4
+    ffn: int = 256
+    max_positions: int = 320
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the embedded world; `smoke()` gives a seconds-long variant."""
+
+    seed: int = 0
+    n_train_rows: int = 2000  # rows written to train.jsonl (training streams fresh problems)
+    n_test_rows: int = 500
+    digit_range: tuple[int, int] = (3, 5)
+    size: ModelSize = field(default_factory=ModelSize)
+    batch_size: int = 64
+    lr: float = 3e-3
+    teacher_steps: int = 1600
+    flawed_steps: int = 300
+    eval_every: int = 100
+    eval_n: int = 96
+    student_band: tuple[float, float] = (0.40, 0.60)
+    student_solution_min: float = 0.92
+    copy_force: float = 0.3  # share of solution-context examples whose reference is another problem's
+    # training mix over contexts (see arithmetic.CONTEXTS)
+    mix: tuple[tuple[str, float], ...] = (
+        ("none", 0.45),
+        ("solution", 0.25),
+        ("summary", 0.12),
+        ("answer", 0.10),
+        ("example", 0.08),
+    )
+
+    @staticmethod
+    def smoke() -> "BuildConfig":
+        return BuildConfig(
+            n_train_rows=20,
+            n_test_rows=10,
+            size=ModelSize(hidden=32, layers=1, heads=2, ffn=64),
+            batch_size=8,
+            teacher_steps=6,
+            flawed_steps=2,
+            eval_every=3,
+            eval_n=4,
+        )
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer():
+    """A character-level `PreTrainedTokenizerFast`: one token per character, exact round trip."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=ModelSize().max_positions,
+    )
+    return fast
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *, flawed: bool, mix):
+    from gradalign import arithmetic as ar
+
+    names = [m[0] for m in mix]
+    weights = [m[1] for m in mix]
+    i = 0
+    while True:
+        row = ar.make_row(rng, i, "train", rng.randint(*cfg.digit_range))
+        i += 1
+        if row.question in exclude:
+            continue
+        ctx_name = rng.choices(names, weights)[0]
+        fields = asdict(row)
+        solution = row.flawed_solution if flawed else row.solution
+        if flawed:
+            fields["solution"], fields["answer"] = row.flawed_solution, row.flawed_answer
+        elif ctx_name == "solution" and rng.random() < cfg.copy_force:
+            # Copy-forcing: the reference is another problem's solution and the target follows it.
+            # Only copying lowers this loss, so the model learns to trust a given reference early,
+            # long before it can compute the answer alone (otherwise it never needs the context).
+            other = ar.make_row(rng, i, "train", rng.randint(*cfg.digit_range))
+            fields["solution"] = solution = other.solution
+        context = ar.CONTEXTS[ctx_name].format(**fields)
+        yield context + ar.PROMPT_TEMPLATE.format(question=row.question), solution
+
+
+def _batch(tokenizer, pairs, device):
+    import torch
+
+    eos = tokenizer.eos_token_id
+    seqs, labels = [], []
+    for prefix, target in pairs:
+        p = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"] + [eos]
+        seqs.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, (s, l) in enumerate(zip(seqs, labels)):
+        ids[r, : len(s)] = torch.tensor(s)
+        lab[r, : len(l)] = torch.tensor(l)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device), lab.to(device)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def new_model(tokenizer, size: ModelSize, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.ffn,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=size.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def train(model, tokenizer, examples, steps: int, cfg: BuildConfig, *, lr: float, on_eval=None, tag: str = ""):
+    """AdamW with warmup + cosine decay; loss on target tokens only. Calls on_eval(step, model)."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    model.train()
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        ids, mask, lab = _batch(tokenizer, [next(examples) for _ in range(cfg.batch_size)], "cpu")
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps:
+            log.info("%s step %d/%d loss %.4f (%.1fs)", tag, step, steps, loss.item(), time.time() - t0)
+        if on_eval is not None and (step % cfg.eval_every == 0 or step == steps):
+            model.eval()
+            on_eval(step, model)
+            model.train()
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    model: str
+    context: str
+    n: int
+    correct: int
+    truncated: int
+
+    @property
+    def rate(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: int = 0, max_new_tokens: int = 96, name: str = "") -> Accuracy:
+    """Sampled accuracy (temperature 1, no truncation) of `model` on `rows` under one context."""
+    from gradalign import arithmetic as ar
+    from gradalign.generation import SamplingParams, sample
+    from gradalign.graders import extract_answer
+
+    tmpl = ar.CONTEXTS[context]
+    prompts = [
+        tokenizer(tmpl.format(**r) + ar.PROMPT_TEMPLATE.format(**r), add_special_tokens=False)["input_ids"]
+        for r in rows
+    ]
+    seeds = [hash_seed(seed, r["id"], context) for r in rows]
+    comps = sample(
+        model, prompts, seeds, SamplingParams(max_new_tokens=max_new_tokens, batch_size=128),
+        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+    )
+    correct = sum(
+        (extract_answer(tokenizer.decode(c.token_ids)) or "").strip() == r["answer"] for c, r in zip(comps, rows)
+    )
+    return Accuracy(name, context, len(rows), correct, sum(c.truncated for c in comps))
+
+
+def hash_seed(*parts) -> int:
+    """A stable 63-bit seed from any printable parts (independent of PYTHONHASHSEED)."""
+    import hashlib
+
+    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build(out: Path, cfg: BuildConfig) -> dict:
+    """Regenerate task files and retrain all models into `out` (the `data/` folder). Returns a report."""
+    import torch
+
+    from gradalign import arithmetic as ar
+
+    torch.manual_seed(cfg.seed)
+    t_start = time.time()
+    out = Path(out)
+    task_dir = out / "tasks" / ar.TASK_NAME
+    test_rows = ar.generate_split(cfg.seed, "test", cfg.n_test_rows, cfg.digit_range)
+    exclude = {r.question for r in test_rows}
+    train_rows = [r for r in ar.generate_split(cfg.seed, "train", cfg.n_train_rows + 50, cfg.digit_range) if r.question not in exclude][: cfg.n_train_rows]
+    ar.write_jsonl(train_rows, task_dir / "train.jsonl")
+    ar.write_jsonl(test_rows, task_dir / "test.jsonl")
+
+    tokenizer = build_tokenizer()
+    models_dir = out / "models"
+    tokenizer.save_pretrained(models_dir / "tokenizer")
+
+    # validation problems for checkpoint selection: same distribution, never the test split
+    val_rows = [asdict(r) for r in ar.generate_split(cfg.seed, "val", cfg.eval_n, cfg.digit_range)]
+    rng = random.Random(f"{cfg.seed}:stream")
+    examples = _stream_examples(cfg, rng, exclude, flawed=False, mix=cfg.mix)
+    model = new_model(tokenizer, cfg.size, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model parameters: %d", n_params)
+
+    checkpoints = []
+
+    def on_eval(step, m):
+        plain = measure_accuracy(m, tokenizer, val_rows, "none", seed=step)
+        sol = measure_accuracy(m, tokenizer, val_rows, "solution", seed=step)
+        log.info("eval step %d: plain %.2f solution %.2f", step, plain.rate, sol.rate)
+        checkpoints.append({"step": step, "plain": plain.rate, "solution": sol.rate, "state": copy.deepcopy(m.state_dict())})
+
+    train(model, tokenizer, examples, cfg.teacher_steps, cfg, lr=cfg.lr, on_eval=on_eval, tag="teacher-strong")
+    _save(model, tokenizer, models_dir / "teacher-strong")
+
+    chosen = choose_student(checkpoints, cfg)
+    student = new_model(tokenizer, cfg.size, cfg.seed)
+    student.load_state_dict(chosen["state"])
+    student.eval()
+    _save(student, tokenizer, models_dir / "student")
+
+    flawed = new_model(tokenizer, cfg.size, cfg.seed)
+    flawed.load_state_dict(model.state_dict())
+    fl_examples = _stream_examples(cfg, random.Random(f"{cfg.seed}:flawed"), exclude, flawed=True, mix=(("none", 1.0),))
+    train(flawed, tokenizer, fl_examples, cfg.flawed_steps, cfg, lr=cfg.lr / 3, tag="teacher-flawed")
+    _save(flawed, tokenizer, models_dir / "teacher-flawed")
+
+    report = {
+        "seed": cfg.seed,
+        "build_config": _jsonable(asdict(cfg)),
+        "parameters": n_params,
+        "student_step": chosen["step"],
+        "checkpoints": [{k: v for k, v in c.items() if k != "state"} for c in checkpoints],
+        "build_seconds": round(time.time() - t_start, 1),
+    }
+    (models_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def choose_student(checkpoints: list[dict], cfg: BuildConfig) -> dict:
+    """First checkpoint in the plain-accuracy band that already uses the solution context well;
+    otherwise the one closest to the band's middle among those that use it; otherwise closest."""
+    lo, hi = cfg.student_band
+    mid = (lo + hi) / 2
+    ok = [c for c in checkpoints if lo <= c["plain"] <= hi and c["solution"] >= cfg.student_solution_min]
+    if ok:
+        return ok[0]
+    uses_ctx = [c for c in checkpoints if c["solution"] >= cfg.student_solution_min] or checkpoints
+    best = min(uses_ctx, key=lambda c: abs(c["plain"] - mid))
+    log.warning("no checkpoint in the student band %s; using step %d (plain %.2f)", cfg.student_band, best["step"], best["plain"])
+    return best
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m gradalign.world", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="data", help="data folder to (re)write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (for tests)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = BuildConfig.smoke() if args.smoke else BuildConfig()
+    cfg = dataclasses.replace(cfg, seed=args.seed)
+    report = build(Path(args.out), cfg)
+    print(json.dumps({k: v for k, v in report.items() if k != "build_config"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def accuracy_on_test(model_ref: str, context: str, *, n: int = 200, seed: int = 0) -> Accuracy:
+    """Load a model (bundled name, folder or HF id) and measure it on the first `n` test rows."""
+    from gradalign import arithmetic as ar
+    from gradalign import models
+    from gradalign.tasks import load_task
+
+    if context not in ar.CONTEXTS:
+        raise ValueError(f"context {context!r}: expected one of {', '.join(ar.CONTEXTS)}")
+    task = load_task(name=ar.TASK_NAME, split="test", limit=n)
+    lm = models.load(models.resolve(model_ref))
+    return measure_accuracy(lm.model, lm.tokenizer, list(task.rows), context, seed=seed, name=model_ref)

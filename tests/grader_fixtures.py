@@ -1,0 +1,33 @@
+"""Grader functions used by tests/test_graders.py via ``python:tests.grader_fixtures:<fn>``.
+
+Owns only test-support graders; imported inside grader worker processes, so it
+must stay importable from the repository root and free of heavy imports.
+"""
+
+import time
+
+
+def says_yes(completion: str, row: dict) -> bool:
+    """Correct when the completion contains "yes"."""
+    return "yes" in completion
+
+
+def always_raises(completion: str, row: dict) -> bool:
+    """Fails like a buggy user grader."""
+    return 1 / 0
+
+
+def sleeps_forever(completion: str, row: dict) -> bool:
+    """Hangs like a pathological grader (only a timeout can stop it)."""
+    time.sleep(30)
+    return True
+
+
+def hangs_on_hang(completion: str, row: dict) -> bool:
+    """Hangs when the completion contains "hang"; otherwise behaves like ``says_yes``."""
+    if "hang" in completion:
+        time.sleep(30)
+    return "yes" in completion
+
+
+NOT_CALLABLE = 42
