@@ -331,43 +331,71 @@ def _plan_branches(world: _World, rollouts, plans, dists) -> list[_Branch]:
 
 
 def _run_branches(world: _World, branches: Sequence[_Branch]):
-    """Sample and grade every continuation of every branch in one batched pass.
+    """Sample and grade every continuation of every branch, in large batched passes.
 
-    Returns {(branch index, slot)} -> list of (correct, truncated) where slot is a candidate
-    index or -1 for the residual bucket.
+    Round 1 draws M continuations per candidate and the residual bucket's M (first tokens already
+    drawn outside K). With adaptive M (branching.adaptive_target_width > 0), further rounds add
+    continuations to candidates whose Wilson interval is still wider than the target, up to
+    branching.adaptive_max. Returns ({(branch index, slot): [(success, truncated), ...]},
+    continuations sampled) where slot is a candidate index or -1 for the residual bucket.
     """
-    cfg, tok = world.cfg, world.tokenizer
-    M, L, eos = cfg.branching.continuations, cfg.sampling.max_new_tokens, tok.eos_token_id
-    jobs, prompts, seeds, allow = [], [], [], []
-    eos_jobs = []
+    from gradalign.estimates import adaptive_needed
+
+    b = world.cfg.branching
+    want = {}
     for bi, br in enumerate(branches):
-        r, t = br.rollout, br.position
+        for k, c in enumerate(br.candidates):
+            want[(bi, k)] = [(c.token_id, m) for m in range(b.continuations)]
+        if br.residual_tokens:
+            want[(bi, -1)] = [(tok, m) for m, tok in enumerate(br.residual_tokens)]
+    outcomes: dict[tuple[int, int], list[tuple[bool, bool]]] = {}
+    total = _sample_and_grade(world, branches, want, outcomes)
+    rounds = 0
+    while b.adaptive_target_width > 0 and rounds < 8:
+        rounds += 1
+        want = {}
+        for (bi, k), outs in outcomes.items():
+            if k < 0:
+                continue
+            est, _ = _estimate(outs)
+            extra = adaptive_needed(est, b.adaptive_target_width, b.adaptive_max)
+            if extra:
+                tokid = branches[bi].candidates[k].token_id
+                want[(bi, k)] = [(tokid, m) for m in range(len(outs), len(outs) + extra)]
+        if not want:
+            break
+        total += _sample_and_grade(world, branches, want, outcomes)
+    return outcomes, total
+
+
+def _sample_and_grade(world: _World, branches, want: dict, outcomes: dict) -> int:
+    """Continue each (branch, slot) from prefix + first token for the given continuation indices;
+    append (success, truncated) to `outcomes`. One batched sample() call, one grading pass."""
+    cfg, tok = world.cfg, world.tokenizer
+    L, eos = cfg.sampling.max_new_tokens, tok.eos_token_id
+    jobs, prompts, seeds, allow = [], [], [], []
+    items, meta = [], []
+    for (bi, slot), firsts in want.items():
+        r, t = branches[bi].rollout, branches[bi].position
         prefix = r.prompt_ids + r.completion.token_ids[:t]
-        firsts = [(k, c.token_id, m) for k, c in enumerate(br.candidates) for m in range(M)]
-        firsts += [(-1, tokid, m) for m, tokid in enumerate(br.residual_tokens)]
-        for slot, first, m in firsts:
+        for first, m in firsts:
             if first == eos:  # the candidate ends the completion: nothing to sample
-                eos_jobs.append((bi, slot))
+                items.append((r.row, tok.decode(r.completion.token_ids[:t])))
+                meta.append((bi, slot, False))
                 continue
             jobs.append((bi, slot, first))
             prompts.append(prefix + (first,))
-            seeds.append(stable_seed(cfg.run.seed, "branch", r.qid, r.rid, t, first, m))
+            seeds.append(stable_seed(cfg.run.seed, "branch", r.qid, r.rid, t, slot < 0, first, m))
             allow.append(L - t - 1)
     comps = sample(world.student, prompts, seeds, _params(cfg), eos_id=eos, pad_id=tok.pad_token_id, max_new=allow) if jobs else []
-    items, meta = [], []
     for (bi, slot, first), c in zip(jobs, comps):
         r, t = branches[bi].rollout, branches[bi].position
         items.append((r.row, tok.decode(r.completion.token_ids[:t] + (first,) + c.token_ids)))
         meta.append((bi, slot, c.truncated))
-    for bi, slot in eos_jobs:
-        r, t = branches[bi].rollout, branches[bi].position
-        items.append((r.row, tok.decode(r.completion.token_ids[:t])))
-        meta.append((bi, slot, False))
     verdicts = _grade(world, items)
-    outcomes: dict[tuple[int, int], list[tuple[bool, bool]]] = {}
     for (bi, slot, trunc), v in zip(meta, verdicts):
         outcomes.setdefault((bi, slot), []).append((bool(v.correct) and not trunc, trunc))
-    return outcomes, len(jobs)
+    return len(jobs)
 
 
 def _estimate(outs) -> tuple[SuccessEstimate, object]:
@@ -545,17 +573,16 @@ def diagnose(
             raise FileExistsError(f"{out}: output folder is not empty (pass resume=True / --resume, or choose a new folder)")
         if old.exists() and json.loads(old.read_text()).get("config_fingerprint") != fp:
             raise FileExistsError(f"{out}: existing shards were made with a different config; cannot resume into it")
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    write_json({"config_fingerprint": fp, "config": cfg.to_dict()}, out / "shards" / "run.json")
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest_path.unlink()  # rewritten last; its absence marks an incomplete run
-
     t_start = time.perf_counter()
-    t0 = time.perf_counter()
-    world = _load_world(cfg)
-    load_s = time.perf_counter() - t0
+    world = _load_world(cfg)  # every input check happens here, before anything is written
+    load_s = time.perf_counter() - t_start
     try:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        write_json({"config_fingerprint": fp, "config": cfg.to_dict()}, out / "shards" / "run.json")
+        manifest_path = out / "manifest.json"
+        if manifest_path.exists():
+            manifest_path.unlink()  # rewritten last; its absence marks an incomplete run
+
         rows = list(world.task.rows)
         shards = [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
         timings: dict[str, float] = {"load": load_s}

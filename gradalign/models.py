@@ -124,6 +124,9 @@ def load_tokenizer(ref: ModelRef):
 def load(ref: ModelRef, *, dtype: str = "float32", device: str = "cpu", tokenizer=None) -> LoadedModel:
     """Load a causal LM (eval mode, on `device`) and its tokenizer (or reuse `tokenizer`)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress belongs to the CLI, not to library loads
 
     kw = {"dtype": _torch_dtype(dtype)}
     if ref.gguf_file:

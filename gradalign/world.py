@@ -60,13 +60,17 @@ class BuildConfig:
     size: ModelSize = field(default_factory=ModelSize)
     batch_size: int = 64
     lr: float = 3e-3
-    teacher_steps: int = 1600
+    teacher_steps: int = 1500
     flawed_steps: int = 300
-    eval_every: int = 100
+    eval_every: int = 50
     eval_n: int = 96
     student_band: tuple[float, float] = (0.40, 0.60)
     student_solution_min: float = 0.92
     copy_force: float = 0.3  # share of solution-context examples whose reference is another problem's
+    student_base_target: float = 0.42  # plain val accuracy of the checkpoint the student starts from
+    student_context_steps: int = 400
+    student_copy_force: float = 0.5
+    student_context_mix: tuple[tuple[str, float], ...] = (("solution", 0.6), ("summary", 0.2), ("answer", 0.2))
     # training mix over contexts (see arithmetic.CONTEXTS)
     mix: tuple[tuple[str, float], ...] = (
         ("none", 0.45),
@@ -85,6 +89,7 @@ class BuildConfig:
             batch_size=8,
             teacher_steps=6,
             flawed_steps=2,
+            student_context_steps=3,
             eval_every=3,
             eval_n=4,
         )
@@ -93,12 +98,13 @@ class BuildConfig:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def build_tokenizer():
-    """A character-level `PreTrainedTokenizerFast`: one token per character, exact round trip."""
+def build_tokenizer(chars: tuple[str, ...] = CHARS, max_length: int = 320):
+    """A character-level `PreTrainedTokenizerFast`: one token per character, exact round trip.
+    Ids: <pad>=0, <s>=1, </s>=2, <unk>=3, then `chars` in order."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + CHARS)}
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + tuple(chars))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -109,7 +115,7 @@ def build_tokenizer():
         eos_token="</s>",
         unk_token="<unk>",
         clean_up_tokenization_spaces=False,
-        model_max_length=ModelSize().max_positions,
+        model_max_length=max_length,
     )
     return fast
 
@@ -306,8 +312,25 @@ def build(out: Path, cfg: BuildConfig) -> dict:
     train(model, tokenizer, examples, cfg.teacher_steps, cfg, lr=cfg.lr, on_eval=on_eval, tag="teacher-strong")
     _save(model, tokenizer, models_dir / "teacher-strong")
 
-    chosen = choose_student(checkpoints, cfg)
+    # The student: an early checkpoint (about half right alone) taught to use privileged context
+    # by a short fine-tune on context prompts only, so its own skill barely moves meanwhile.
+    base = choose_base(checkpoints, cfg)
     student = new_model(tokenizer, cfg.size, cfg.seed)
+    student.load_state_dict(base["state"])
+    ctx_examples = _stream_examples(
+        dataclasses.replace(cfg, copy_force=cfg.student_copy_force), random.Random(f"{cfg.seed}:context"), exclude,
+        flawed=False, mix=cfg.student_context_mix,
+    )
+    stages = []
+
+    def on_ctx_eval(step, m):
+        plain = measure_accuracy(m, tokenizer, val_rows, "none", seed=10_000 + step)
+        sol = measure_accuracy(m, tokenizer, val_rows, "solution", seed=10_000 + step)
+        log.info("student context fine-tune step %d: plain %.2f solution %.2f", step, plain.rate, sol.rate)
+        stages.append({"step": step, "plain": plain.rate, "solution": sol.rate, "state": copy.deepcopy(m.state_dict())})
+
+    train(student, tokenizer, ctx_examples, cfg.student_context_steps, cfg, lr=cfg.lr / 2, on_eval=on_ctx_eval, tag="student-context")
+    chosen = choose_student(stages, cfg)
     student.load_state_dict(chosen["state"])
     student.eval()
     _save(student, tokenizer, models_dir / "student")
@@ -322,12 +345,19 @@ def build(out: Path, cfg: BuildConfig) -> dict:
         "seed": cfg.seed,
         "build_config": _jsonable(asdict(cfg)),
         "parameters": n_params,
-        "student_step": chosen["step"],
+        "student_base_step": base["step"],
+        "student_context_step": chosen["step"],
         "checkpoints": [{k: v for k, v in c.items() if k != "state"} for c in checkpoints],
+        "student_context_evals": [{k: v for k, v in c.items() if k != "state"} for c in stages],
         "build_seconds": round(time.time() - t_start, 1),
     }
     (models_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def choose_base(checkpoints: list[dict], cfg: BuildConfig) -> dict:
+    """The teacher-run checkpoint whose plain accuracy is closest to `student_base_target`."""
+    return min(checkpoints, key=lambda c: abs(c["plain"] - cfg.student_base_target))
 
 
 def choose_student(checkpoints: list[dict], cfg: BuildConfig) -> dict:

@@ -31,3 +31,13 @@ def hangs_on_hang(completion: str, row: dict) -> bool:
 
 
 NOT_CALLABLE = 42
+
+
+def contains_ab(text, row):
+    """Exact-enumeration tests: success iff the completion contains "ab"."""
+    return "ab" in text
+
+
+def odd_a(text, row):
+    """Exact-enumeration tests: success iff the completion has an odd number of "a" characters."""
+    return text.count("a") % 2 == 1
