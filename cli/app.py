@@ -49,6 +49,7 @@ def accuracy(
     context: str = typer.Option("none", help="context the model sees before the question: none, solution, summary, answer, example"),
     n: int = typer.Option(200, help="questions from the test split (fixed order)"),
     seed: int = typer.Option(0, help="sampling seed"),
+    all_: bool = typer.Option(False, "--all", help="every bundled model/context pair, as the Markdown table in data/README.md"),
 ) -> None:
     """Sampled accuracy (temperature 1) of a model on the bundled addition task under one context.
 
@@ -56,6 +57,9 @@ def accuracy(
     """
     from gradalign import world
 
+    if all_:
+        typer.echo(world.accuracy_table(n=n, seed=seed))
+        return
     try:
         acc = world.accuracy_on_test(model, context, n=n, seed=seed)
     except ValueError as e:
@@ -90,10 +94,11 @@ def _render_summary(run) -> None:
     console = Console()
     table = Table(title=f"mean cos(ideal, distill) by config x loss  ({int(r.correct.sum())}/{len(r)} rollouts correct)")
     for col in ("config", "loss", "correct rollouts", "incorrect rollouts", "all", "nodes (c/i)"):
-        table.add_column(col, justify="left" if col in ("config", "loss") else "right")
+        left = col in ("config", "loss")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
     fmt = lambda v: "-" if v != v else f"{v:+.3f}"  # noqa: E731
     for (config, loss), row in s.iterrows():
-        table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{row.n_correct}/{row.n_incorrect}")
+        table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{int(row.n_correct)}/{int(row.n_incorrect)}")
     console.print(table)
 
 
@@ -103,6 +108,7 @@ def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bo
     from gradalign.config import ConfigError, apply_overrides, load_config, parse_overrides
     from gradalign.graders import GraderSpecError
     from gradalign.models import ModelError
+    from gradalign.preflight import PreflightError
     from gradalign.tasks import TaskError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -118,7 +124,7 @@ def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bo
     try:
         with bar:
             run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
-    except (ConfigError, TaskError, ModelError, GraderSpecError, FileExistsError) as e:
+    except (ConfigError, TaskError, ModelError, GraderSpecError, PreflightError, FileExistsError) as e:
         _fail(str(e))
     _render_summary(run)
     t = run.manifest["timings_s"]
@@ -165,23 +171,22 @@ def validate(config: Path = typer.Argument(..., help="TOML run config")) -> None
     Example: gradalign validate data/configs/demo.toml
     """
     from gradalign.config import ConfigError, load_config
-    from gradalign.graders import GraderSpecError, check_grader
-    from gradalign.models import ModelError, resolve
-    from gradalign.tasks import TaskError, load_task
+    from gradalign.graders import GraderSpecError
+    from gradalign.models import ModelError
+    from gradalign.preflight import PreflightError, preflight
+    from gradalign.tasks import TaskError
 
     try:
         cfg = load_config(config)
-        templates = {"task.prompt": cfg.task.prompt} | {f"teachers[{i}].context": t.context for i, t in enumerate(cfg.teachers)}
-        task = load_task(name=cfg.task.name, path=cfg.task.path, split=cfg.task.split, limit=cfg.task.limit,
-                         offset=cfg.task.offset, id_field=cfg.task.id_field, answer_field=cfg.task.answer_field, templates=templates)
-        check_grader(cfg.task.grader)
-        resolve(cfg.student.model, gguf_file=cfg.student.gguf_file)
-        for t in cfg.teachers:
-            if t.model != "student":
-                resolve(t.model, gguf_file=t.gguf_file)
-    except (ConfigError, TaskError, ModelError, GraderSpecError) as e:
+        report = preflight(cfg)
+    except (ConfigError, TaskError, ModelError, GraderSpecError, PreflightError) as e:
         _fail(str(e))
+    task = report.task
     typer.echo(f"ok: {config}: {len(task.rows)} questions, {len(cfg.teachers)} configs, losses {', '.join(cfg.distill.losses)}")
+
+
+from gradalign.cli.analysis_cmds import register as _register_analysis  # noqa: E402  (report, compare, weights)
+_register_analysis(app)
 
 
 def main() -> None:

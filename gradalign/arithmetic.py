@@ -74,20 +74,25 @@ def _columns(a: int, b: int) -> tuple[list[int], list[int]]:
     return da, db
 
 
-def solve(a: int, b: int, *, flawed: bool = False) -> tuple[str, str, str]:
+def solve(a: int, b: int, *, flawed: bool = False, carries_given: str | None = None) -> tuple[str, str, str]:
     """Worked solution, final answer and carry summary for a+b.
 
     With `flawed`, a column whose sum is exactly 10 produces no carry (the systematic error).
+    With `carries_given` (one '0'/'1' per column, right to left), the carries follow that pattern
+    whatever the sums are: the solution a model writes when it trusts a given carry summary.
     Returns (solution_text, answer, summary) as a plain triple for internal use only.
     """
     da, db = _columns(a, b)
     steps, digits, carries = [], [], []
     carry = 0
-    for x, y in zip(da, db):
+    for i, (x, y) in enumerate(zip(da, db)):
         s = x + y + carry
         steps.append(f"{x}+{y}" + ("+1" if carry else "") + f"={s}")
         digits.append(s % 10)
-        carry = 0 if (flawed and s == 10) else s // 10
+        if carries_given is not None:
+            carry = int(carries_given[i])
+        else:
+            carry = 0 if (flawed and s == 10) else s // 10
         carries.append(str(carry))
     if carry:
         digits.append(carry)

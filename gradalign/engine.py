@@ -102,18 +102,10 @@ class _World:
 
 def _load_world(cfg: RunConfig) -> _World:
     from gradalign import models
-    from gradalign.graders import GraderPool, check_grader
-    from gradalign.tasks import load_task
+    from gradalign.graders import GraderPool
+    from gradalign.preflight import preflight
 
-    templates = {"task.prompt": cfg.task.prompt}
-    for i, t in enumerate(cfg.teachers):
-        templates[f"teachers[{i}].context"] = t.context
-    task = load_task(
-        name=cfg.task.name, path=cfg.task.path, split=cfg.task.split, limit=cfg.task.limit,
-        offset=cfg.task.offset, id_field=cfg.task.id_field, answer_field=cfg.task.answer_field,
-        templates=templates,
-    )
-    check_grader(cfg.task.grader)
+    task = preflight(cfg).task  # every check that needs no weights, before any is loaded
     sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
     student = models.load(sref, dtype=cfg.student.dtype, device=cfg.student.device)
     hashes = {cfg.student.model: student.content_hash}
@@ -413,6 +405,7 @@ def _alignment(world: _World, branches, outcomes, dists, node_rows: list, align_
         plan_idx = br.node_index
         lp = d.student[plan_idx]
         p = lp.exp()
+        student_ok = bool(torch.isfinite(lp).all())
         V = p.numel()
         ids = torch.tensor([c.token_id for c in br.candidates])
         ests, halves = [], []
@@ -442,12 +435,17 @@ def _alignment(world: _World, branches, outcomes, dists, node_rows: list, align_
         for teacher in world.teachers:
             lq = d.teachers[teacher.name][plan_idx]
             q = lq.exp()
+            teacher_ok = bool(torch.isfinite(lq).all())
             adv = float(G.teacher_advantage(p, q, S))
             for loss in cfg.distill.losses:
-                dvec = G.distill_direction(loss, lp, lq, token=torch.tensor(y), beta=beta)
-                c_full = G.cosine(g, dvec)
-                c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
-                c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
+                if not (student_ok and teacher_ok):  # a runtime fault is a row with a reason, not a crash
+                    nan = G.Cosine(math.nan, "nonfinite_student_logits" if not student_ok else "nonfinite_teacher_logits")
+                    dvec, c_full, c_cand, c_deb = torch.full_like(p, math.nan), nan, nan, nan
+                else:
+                    dvec = G.distill_direction(loss, lp, lq, token=torch.tensor(y), beta=beta)
+                    c_full = G.cosine(g, dvec)
+                    c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
+                    c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
                 reasons = [x for x in (c_full.reason, c_cand.reason and f"candidates:{c_cand.reason}", c_deb.reason and f"debiased:{c_deb.reason}") if x]
                 align_rows.append({
                     "question_id": r.qid, "rollout_id": r.rid, "position": t, "token_id": y,

@@ -49,6 +49,9 @@ class ModelSize:
     max_positions: int = 320
 
 
+TEACHER_RUN_FIELDS = ("seed", "digit_range", "size", "batch_size", "lr", "teacher_steps", "eval_every", "eval_n", "mix", "copy_force")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything that determines the embedded world; `smoke()` gives a seconds-long variant."""
@@ -67,10 +70,14 @@ class BuildConfig:
     student_band: tuple[float, float] = (0.40, 0.60)
     student_solution_min: float = 0.92
     copy_force: float = 0.3  # share of solution-context examples whose reference is another problem's
-    student_base_target: float = 0.42  # plain val accuracy of the checkpoint the student starts from
-    student_context_steps: int = 400
-    student_copy_force: float = 0.5
-    student_context_mix: tuple[tuple[str, float], ...] = (("solution", 0.6), ("summary", 0.2), ("answer", 0.2))
+    student_base_target: float = 0.45  # plain val accuracy of the checkpoint the student starts from
+    student_context_steps: int = 600
+    self_pool_size: int = 4096
+    # The student's context fine-tune: copy-forced contexts teach it to use them; "self" targets
+    # (its base checkpoint's own samples on plain prompts) keep its unaided skill where it was.
+    student_context_mix: tuple[tuple[str, float], ...] = (
+        ("solution!", 0.45), ("summary!", 0.15), ("answer", 0.05), ("summary", 0.05), ("self", 0.30),
+    )
     # training mix over contexts (see arithmetic.CONTEXTS)
     mix: tuple[tuple[str, float], ...] = (
         ("none", 0.45),
@@ -90,6 +97,7 @@ class BuildConfig:
             teacher_steps=6,
             flawed_steps=2,
             student_context_steps=3,
+            self_pool_size=8,
             eval_every=3,
             eval_n=4,
         )
@@ -123,7 +131,11 @@ def build_tokenizer(chars: tuple[str, ...] = CHARS, max_length: int = 320):
 # ----------------------------------------------------------------------------- data
 
 
-def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *, flawed: bool, mix):
+def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *, flawed: bool, mix, self_pool=None):
+    """Endless (prefix, target) training pairs. Mix kinds: a context name from arithmetic.CONTEXTS
+    (consistent target), "solution!" / "summary!" (copy-forcing: the context comes from elsewhere
+    and the target follows it, so only using the context lowers the loss), and "self" (a plain
+    prompt whose target is a sample of the student's base checkpoint, from `self_pool`)."""
     from gradalign import arithmetic as ar
 
     names = [m[0] for m in mix]
@@ -134,19 +146,44 @@ def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *,
         i += 1
         if row.question in exclude:
             continue
-        ctx_name = rng.choices(names, weights)[0]
+        kind = rng.choices(names, weights)[0]
+        if kind == "self":
+            yield self_pool[rng.randrange(len(self_pool))]
+            continue
+        ctx_name = kind.rstrip("!")
         fields = asdict(row)
         solution = row.flawed_solution if flawed else row.solution
         if flawed:
             fields["solution"], fields["answer"] = row.flawed_solution, row.flawed_answer
-        elif ctx_name == "solution" and rng.random() < cfg.copy_force:
-            # Copy-forcing: the reference is another problem's solution and the target follows it.
-            # Only copying lowers this loss, so the model learns to trust a given reference early,
-            # long before it can compute the answer alone (otherwise it never needs the context).
+        elif kind == "solution!" or (kind == "solution" and rng.random() < cfg.copy_force):
+            # The reference is another problem's solution and the target follows it: the model
+            # learns to trust a given reference, which computing alone never teaches it.
             other = ar.make_row(rng, i, "train", rng.randint(*cfg.digit_range))
             fields["solution"] = solution = other.solution
+        elif kind == "summary!":
+            a, b = map(int, row.question.split("+"))
+            pattern = "".join(rng.choice("01") for _ in range(len(str(max(a, b)))))
+            solution, _, fields["summary"] = ar.solve(a, b, carries_given=pattern)
         context = ar.CONTEXTS[ctx_name].format(**fields)
         yield context + ar.PROMPT_TEMPLATE.format(question=row.question), solution
+
+
+def _self_pool(model, tokenizer, cfg: BuildConfig, exclude: set[str], n: int) -> list[tuple[str, str]]:
+    """Plain prompts with the model's own sampled completions (temperature 1) as targets."""
+    from gradalign import arithmetic as ar
+    from gradalign.generation import SamplingParams, sample
+
+    rng = random.Random(f"{cfg.seed}:self")
+    rows = []
+    while len(rows) < n:
+        r = ar.make_row(rng, len(rows), "train", rng.randint(*cfg.digit_range))
+        if r.question not in exclude:
+            rows.append(r)
+    prompts = [ar.PROMPT_TEMPLATE.format(question=r.question) for r in rows]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    comps = sample(model, ids, [hash_seed(cfg.seed, "self", i) for i in range(n)], SamplingParams(max_new_tokens=96, batch_size=256),
+                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    return [(p, tokenizer.decode(c.token_ids)) for p, c in zip(prompts, comps) if not c.truncated]
 
 
 def _batch(tokenizer, pairs, device):
@@ -273,7 +310,7 @@ def hash_seed(*parts) -> int:
 # ----------------------------------------------------------------------------- build
 
 
-def build(out: Path, cfg: BuildConfig) -> dict:
+def build(out: Path, cfg: BuildConfig, *, reuse_cache: bool = False) -> dict:
     """Regenerate task files and retrain all models into `out` (the `data/` folder). Returns a report."""
     import torch
 
@@ -309,7 +346,19 @@ def build(out: Path, cfg: BuildConfig) -> dict:
         log.info("eval step %d: plain %.2f solution %.2f", step, plain.rate, sol.rate)
         checkpoints.append({"step": step, "plain": plain.rate, "solution": sol.rate, "state": copy.deepcopy(m.state_dict())})
 
-    train(model, tokenizer, examples, cfg.teacher_steps, cfg, lr=cfg.lr, on_eval=on_eval, tag="teacher-strong")
+    # The teacher run's checkpoints are cached (git-ignored) so later stages can be rebuilt alone.
+    cache = models_dir / ".build_cache" / "teacher_run.pt"
+    key = json.dumps(_jsonable({k: v for k, v in asdict(cfg).items() if k in TEACHER_RUN_FIELDS}), sort_keys=True)
+    cached = torch.load(cache, weights_only=False) if reuse_cache and cache.exists() else None
+    if cached is not None and cached["key"] == key:
+        log.info("reusing the cached teacher run (%s)", cache)
+        checkpoints = cached["checkpoints"]
+        model.load_state_dict(checkpoints[-1]["state"])
+        model.eval()
+    else:
+        train(model, tokenizer, examples, cfg.teacher_steps, cfg, lr=cfg.lr, on_eval=on_eval, tag="teacher-strong")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "checkpoints": checkpoints}, cache)
     _save(model, tokenizer, models_dir / "teacher-strong")
 
     # The student: an early checkpoint (about half right alone) taught to use privileged context
@@ -317,10 +366,10 @@ def build(out: Path, cfg: BuildConfig) -> dict:
     base = choose_base(checkpoints, cfg)
     student = new_model(tokenizer, cfg.size, cfg.seed)
     student.load_state_dict(base["state"])
-    ctx_examples = _stream_examples(
-        dataclasses.replace(cfg, copy_force=cfg.student_copy_force), random.Random(f"{cfg.seed}:context"), exclude,
-        flawed=False, mix=cfg.student_context_mix,
-    )
+    student.eval()
+    pool = _self_pool(student, tokenizer, cfg, exclude, cfg.self_pool_size)
+    ctx_examples = _stream_examples(cfg, random.Random(f"{cfg.seed}:context"), exclude, flawed=False,
+                                    mix=cfg.student_context_mix, self_pool=pool)
     stages = []
 
     def on_ctx_eval(step, m):
@@ -395,6 +444,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (for tests)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--reuse-cache", action="store_true", help="reuse the cached teacher run if its settings match")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -403,7 +453,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     cfg = BuildConfig.smoke() if args.smoke else BuildConfig()
     cfg = dataclasses.replace(cfg, seed=args.seed)
-    report = build(Path(args.out), cfg)
+    report = build(Path(args.out), cfg, reuse_cache=args.reuse_cache)
     print(json.dumps({k: v for k, v in report.items() if k != "build_config"}, indent=2))
 
 
@@ -422,3 +472,18 @@ def accuracy_on_test(model_ref: str, context: str, *, n: int = 200, seed: int = 
     task = load_task(name=ar.TASK_NAME, split="test", limit=n)
     lm = models.load(models.resolve(model_ref))
     return measure_accuracy(lm.model, lm.tokenizer, list(task.rows), context, seed=seed, name=model_ref)
+
+
+MEASURED = (
+    ("student", "none"), ("student", "solution"), ("student", "summary"), ("student", "answer"), ("student", "example"),
+    ("teacher-strong", "none"), ("teacher-flawed", "none"),
+)
+
+
+def accuracy_table(n: int = 200, seed: int = 0) -> str:
+    """Markdown table of sampled accuracies for every bundled model/context pair in MEASURED."""
+    lines = ["| model | context | correct / n | accuracy | truncated |", "|---|---|---|---|---|"]
+    for model, context in MEASURED:
+        a = accuracy_on_test(model, context, n=n, seed=seed)
+        lines.append(f"| {model} | {context} | {a.correct} / {a.n} | {a.rate:.3f} | {a.truncated} |")
+    return "\n".join(lines)

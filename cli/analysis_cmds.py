@@ -1,0 +1,198 @@
+"""CLI commands over finished runs: `report`, `compare` and `weights`.
+
+Owns: their option parsing, terminal rendering (rich) and exit codes; `register(app)` adds them to
+the Typer app. Does not own any statistic (`gradalign.analysis`) or the report files
+(`gradalign.report`). Imports nothing heavy at import time (no pandas, matplotlib or torch) so
+`gradalign --help` stays instant: every import of those happens inside a command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _fail(msg: str) -> None:
+    """Same contract as the app's `_fail`: one line `error: ...` on stderr, exit code 2."""
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load_errors():
+    from gradalign.analysis import AnalysisError
+    from gradalign.tables import RunIncomplete
+
+    return (AnalysisError, RunIncomplete, FileNotFoundError, NotADirectoryError)
+
+
+def _check_dirs(run_dirs: List[Path]) -> None:
+    if not run_dirs:
+        _fail("give at least one RUN_DIR")
+    for d in run_dirs:
+        if not d.is_dir():
+            _fail(f"{d}: not a folder (expected a run folder written by `gradalign diagnose`)")
+
+
+def _load_combined(run_dirs: List[Path]):
+    from gradalign.analysis import combine_runs
+    from gradalign.tables import load
+
+    runs = [load(d) for d in run_dirs]
+    return combine_runs(runs, [d.name for d in run_dirs]) if len(runs) > 1 else runs[0]
+
+
+def report(
+    run_dirs: List[Path] = typer.Argument(..., help="run folders (written by `gradalign diagnose`); runs of the same task share a page"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder, e.g. reports/<task>/ (one task: the page goes here; several: OUT/<task>/)"),
+    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates | cos_debiased"),
+    loss: Optional[str] = typer.Option(None, help="loss of the one-loss views (winners, position, heatmaps, scatter, quadrants); default reverse_kl"),
+    n_boot: int = typer.Option(2000, help="bootstrap replicates (questions are resampled, not tokens)"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+    bins: int = typer.Option(5, help="relative-position bins along the rollout"),
+    decisive_top: int = typer.Option(1, help="decisive nodes per rollout (largest |delta V|)"),
+    heatmap_rollouts: int = typer.Option(4, help="rollouts rendered as coloured text"),
+    divergence: str = typer.Option("kl_pq", help="TIP divergence axis: kl_pq | kl_qp | jsd | dist_cos (used as 1 - cos)"),
+    h_quantile: float = typer.Option(0.5, help="TIP entropy threshold quantile (high H = strictly above)"),
+    d_quantile: float = typer.Option(0.5, help="TIP divergence threshold quantile"),
+    rock_top: int = typer.Option(20, help="rock-token types kept per config"),
+    rock_min_freq: int = typer.Option(2, help="rock tokens: minimum frequency of a type"),
+    rock_drop_top: int = typer.Option(5, help="rock tokens: drop this many most frequent types first"),
+) -> None:
+    """Write one self-contained HTML page per task (PNG figures and summary.md beside it).
+
+    The page ranks configs x losses by mean alignment (bootstrap intervals over questions, split by
+    verdict), shows which config wins on each question, alignment along the rollout and at decisive
+    nodes, coloured token views, divergence-vs-alignment correlations, TIP quadrants and rock tokens.
+
+    Example: gradalign report runs/demo --out reports/addition/
+    """
+    _check_dirs(run_dirs)
+    from gradalign.report import ReportOptions, write_reports
+
+    try:
+        opts = ReportOptions(metric=metric, loss=loss, n_boot=n_boot, seed=seed, position_bins=bins, decisive_top=decisive_top,
+                             heatmap_rollouts=heatmap_rollouts, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile,
+                             rock_top_n=rock_top, rock_min_freq=rock_min_freq, rock_drop_top=rock_drop_top)
+        results = write_reports(run_dirs, out, options=opts)
+    except _load_errors() as e:
+        _fail(str(e))
+    for r in results:
+        typer.echo(f"{r.task}: wrote {r.html} ({len(r.figures)} figures and {r.markdown.name} beside it)")
+        for h in r.headlines:
+            typer.echo(f"  - {h}")
+
+
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="run folders (written by `gradalign diagnose`)"),
+    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates | cos_debiased"),
+    fmt: str = typer.Option("table", "--format", help="table (rich) | csv | json"),
+    n_boot: int = typer.Option(2000, help="bootstrap replicates (questions are resampled, not tokens)"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+) -> None:
+    """Rank configs x losses by mean alignment with 95% bootstrap intervals, split by verdict.
+
+    Same ranking as the report; --format csv or json prints machine-readable rows to stdout.
+
+    Example: gradalign compare runs/demo --format csv
+    """
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"unknown --format {fmt!r}; choose table, csv or json")
+    _check_dirs(run_dirs)
+    from gradalign.analysis import rank_configs
+
+    try:
+        t = _load_combined(run_dirs)
+        r = rank_configs(t.alignment, metric=metric, n_boot=n_boot, seed=seed)
+    except _load_errors() as e:
+        _fail(str(e))
+    if fmt == "csv":
+        typer.echo(r.to_csv(index=False, float_format="%.6g"), nl=False)
+        return
+    if fmt == "json":
+        typer.echo(r.to_json(orient="records", indent=2, double_precision=6))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def ci(m, lo, hi):
+        return "-" if m != m else f"{m:+.3f} [{lo:+.2f},{hi:+.2f}]"
+
+    rr = t.rollouts
+    table = Table(title=f"mean {metric}(ideal, distill), 95% CI over questions  ({int(rr.correct.sum())}/{len(rr)} rollouts correct, "
+                        f"{rr.question_id.nunique()} questions)")
+    for col in ("#", "config", "loss", "all rollouts", "correct", "incorrect", "nodes c/i", "q"):
+        table.add_column(col, justify="left" if col in ("config", "loss") else "right", no_wrap=col != "config")
+    for x in r.itertuples():
+        table.add_row(str(x.rank), x.config, x.loss, ci(x.mean, x.ci_low, x.ci_high), ci(x.mean_correct, x.ci_low_correct, x.ci_high_correct),
+                      ci(x.mean_incorrect, x.ci_low_incorrect, x.ci_high_incorrect), f"{x.n_correct}/{x.n_incorrect}", str(x.n_questions))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped: do not squeeze the intervals into 80 columns
+    console.print(table)
+
+
+def weights(
+    run_dir: Path = typer.Argument(..., help="run folder (written by `gradalign diagnose`)"),
+    config: str = typer.Option(..., help="teacher/context config whose loss the weights apply to"),
+    rule: List[str] = typer.Option(..., "--rule", help="zero-negative | keep-tip:Q3 (or keep-tip:Q1,Q3) | freeze-rocks; repeat to multiply"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Parquet file to write (default RUN_DIR/weights-<config>.parquet)"),
+    loss: Optional[str] = typer.Option(None, help="loss whose alignment zero-negative reads (default reverse_kl)"),
+    metric: str = typer.Option("cos", help="alignment column for zero-negative"),
+    divergence: str = typer.Option("kl_pq", help="TIP divergence axis for keep-tip"),
+    h_quantile: float = typer.Option(0.5, help="TIP entropy threshold quantile"),
+    d_quantile: float = typer.Option(0.5, help="TIP divergence threshold quantile"),
+    rock_top: int = typer.Option(20, help="rock-token types frozen"),
+    rock_min_freq: int = typer.Option(2, help="rock tokens: minimum frequency"),
+    rock_drop_top: int = typer.Option(5, help="rock tokens: drop this many most frequent types first"),
+) -> None:
+    """Export per-token loss weights (question_id, rollout_id, position, weight) for an OPD trainer.
+
+    One row per completion token of the run's rollouts; position indexes the completion's token ids
+    (0 = first generated token). Multiply the trainer's per-token loss by `weight` after joining on
+    (question_id, rollout_id, position); see README "Reports" for a snippet.
+
+    Example: gradalign weights runs/demo --config self-summary --rule zero-negative --rule freeze-rocks
+    """
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: not a folder (expected a run folder written by `gradalign diagnose`)")
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gradalign.analysis import parse_rule, token_weights
+    from gradalign.tables import load
+
+    try:
+        rules = [parse_rule(r) for r in rule]
+        t = load(run_dir)
+        w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
+                          h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
+    except _load_errors() as e:
+        _fail(str(e))
+    path = out or run_dir / f"weights-{config}.parquet"
+    schema = pa.schema([("question_id", pa.string()), ("rollout_id", pa.int32()), ("position", pa.int32()), ("weight", pa.float32())])
+    import json
+
+    params = w.attrs.get("gradalign_weights", {})
+    table = pa.Table.from_pydict({c: w[c].tolist() for c in schema.names}, schema=schema).replace_schema_metadata(
+        {b"gradalign.weights": json.dumps(params).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    kept = float(w["weight"].mean()) if len(w) else 0.0
+    typer.echo(f"wrote {path}: {len(w)} tokens of config {config!r}, rules {', '.join(map(str, rules))}; "
+               f"{100 * kept:.1f}% keep weight 1, {100 * (1 - kept):.1f}% get 0")
+    if "rock_token_ids" in params or "tip" in params:
+        typer.echo(f"rule parameters (also in the file's metadata key gradalign.weights): "
+                   f"{json.dumps({k: v for k, v in params.items() if k in ('rock_token_ids', 'tip')})}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `report`, `compare` and `weights` commands to `app`."""
+    app.command("report")(report)
+    app.command("compare")(compare)
+    app.command("weights")(weights)

@@ -1,0 +1,115 @@
+"""Preflight: every check a run can make before loading model weights.
+
+Owns: checking a validated `RunConfig` against the world outside it — the task file (readable,
+UTF-8, non-empty, unique ids, every template field present in every selected row), the grader spec
+(importable), the model references (folders exist, configs readable), tokenizer identity between
+the student and each teacher (tokenizers only, no weights), the context length
+(max_new_tokens + longest prompt must fit the student's max positions), and a budget large enough
+for at least one node. `gradalign validate` and `diagnose` both call `preflight`, so a typo fails in
+seconds, before a GPU-hour is spent, and nothing is written. Does not own field-level config checks
+(`config`) or loading weights (`models`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradalign.config import RunConfig
+
+
+class PreflightError(ValueError):
+    """One line naming the file or field and the fix."""
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    task: object  # tasks.Task, already loaded and checked
+    questions: int
+    configs: int
+    longest_prompt_tokens: int
+    max_positions: int | None
+
+
+def _max_positions(source: str, is_local: bool) -> int | None:
+    if not is_local:
+        return None
+    cfg = Path(source) / "config.json"
+    if not cfg.exists():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PreflightError(f"{cfg}: unreadable model config ({e})") from None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    return None
+
+
+def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightReport:
+    """Run all pre-load checks; raises PreflightError / TaskError / ModelError / GraderSpecError."""
+    from gradalign import models
+    from gradalign.graders import check_grader
+    from gradalign.selectors import branch_cost
+    from gradalign.tasks import load_task, render
+
+    templates = {"task.prompt": cfg.task.prompt}
+    for i, t in enumerate(cfg.teachers):
+        templates[f"teachers[{i}].context"] = t.context
+    task = load_task(
+        name=cfg.task.name, path=cfg.task.path, split=cfg.task.split, limit=cfg.task.limit,
+        offset=cfg.task.offset, id_field=cfg.task.id_field, answer_field=cfg.task.answer_field,
+        templates=templates,
+    )
+    check_grader(cfg.task.grader)
+
+    try:
+        sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
+    except models.ModelError as e:
+        raise PreflightError(f"student.model: {e}") from None
+    if sref.is_local and not sref.gguf_file and not (Path(sref.source) / "config.json").exists():
+        raise PreflightError(f"student.model: {sref.source} has no config.json (not a Hugging Face model folder)")
+    trefs = {}
+    for i, t in enumerate(cfg.teachers):
+        if t.model != "student":
+            try:
+                tr = models.resolve(t.model, gguf_file=t.gguf_file)
+            except models.ModelError as e:
+                raise PreflightError(f"teachers[{i}].model: {e}") from None
+            if tr.is_local and not tr.gguf_file and not (Path(tr.source) / "config.json").exists():
+                raise PreflightError(f"teachers[{i}].model: {tr.source} has no config.json (not a Hugging Face model folder)")
+            trefs[t.name] = tr
+
+    longest, max_pos = 0, None
+    if check_tokenizers:
+        stok = models.load_tokenizer(sref)
+        for name, tr in trefs.items():
+            models.check_same_tokenizer(stok, models.load_tokenizer(tr), student_name=cfg.student.model, teacher_name=name)
+        for row in task.rows:
+            rid = task.row_id(row)
+            prompt = render(cfg.task.prompt, row, what="task.prompt", row_id=rid)
+            for t in cfg.teachers:
+                ctx = render(t.context, row, what=f"context of teacher {t.name!r}", row_id=rid)
+                longest = max(longest, len(stok(ctx + prompt, add_special_tokens=True)["input_ids"]))
+        max_pos = _max_positions(sref.source, sref.is_local)
+        if max_pos is not None and longest + cfg.sampling.max_new_tokens > max_pos:
+            raise PreflightError(
+                f"sampling.max_new_tokens: {cfg.sampling.max_new_tokens} new tokens after prompts of up to {longest} tokens "
+                f"exceed the student's {max_pos} positions; lower it to at most {max_pos - longest}"
+            )
+
+    b = cfg.branching
+    per_node = (min(b.max_candidates, 1 + b.top_k * (1 + len(cfg.teachers))) + int(b.residual)) * b.continuations
+    cheapest = branch_cost(1, 0, per_node)  # a one-token continuation from the last position
+    if b.budget_continuations and b.budget_continuations < cheapest.continuations:
+        raise PreflightError(
+            f"branching.budget_continuations: {b.budget_continuations} cannot fit one node "
+            f"({cheapest.continuations} continuations = candidates x M); raise it or lower continuations/top_k"
+        )
+    if b.budget_tokens and b.budget_tokens < cheapest.tokens:
+        raise PreflightError(
+            f"branching.budget_tokens: {b.budget_tokens} cannot fit one node ({cheapest.tokens} tokens at least); raise it"
+        )
+    return PreflightReport(task, len(task.rows), len(cfg.teachers), longest, max_pos)
