@@ -127,9 +127,12 @@ def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bo
     except (ConfigError, TaskError, ModelError, GraderSpecError, PreflightError, FileExistsError) as e:
         _fail(str(e))
     _render_summary(run)
+    f = run.manifest["faults"]
+    if any(f.values()):
+        typer.echo("recorded per row, not fatal: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items() if v))
     t = run.manifest["timings_s"]
     typer.echo(f"wrote {out}/{{rollouts,tokens,nodes,alignment}}.parquet and manifest.json in {t['total']:.1f}s")
-    typer.echo(f"next: gradalign report {out} --out reports/  |  python -c \"import gradalign; t = gradalign.load('{out}'); print(t.alignment.head())\"")
+    typer.echo(f"next: gradalign report {out} --out reports/addition/  |  python -c \"import gradalign; t = gradalign.load('{out}'); print(t.alignment.head())\"")
 
 
 @app.command("diagnose")

@@ -299,7 +299,6 @@ def question_winners(alignment, *, metric: str = "cos", loss: str | None = None)
     Questions where no config has a defined mean get winner None.
     """
     import numpy as np
-    import pandas as pd
 
     _check_metric(alignment, metric)
     a = alignment.dropna(subset=[metric])

@@ -622,6 +622,9 @@ def diagnose(
         parts = [_shard_dir(out, k) / f"{name}.parquet" for k in range(len(shards))]
         counts[name] = concat_tables(name, parts, out / f"{name}.parquet", {"config_fingerprint": fp})
     timings["total"] = time.perf_counter() - t_start
+    faults = _count_faults(out)  # (NaN cosines from a zero ideal gradient are not faults: see `reason`)
+    if any(faults.values()):
+        log.warning("runtime faults recorded per row: %s", {k: v for k, v in faults.items() if v})
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "complete": True,
@@ -644,8 +647,24 @@ def diagnose(
         "selection": selection,
         "teacher_prefix_hashes": prefix_hashes,
         "grader": {"spec": cfg.task.grader, **asdict(world.grader.stats)},
+        "faults": faults,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "columns": {name: [c for c, _, _ in COLUMNS[name]] for name in TABLES},
     }
     write_json(manifest, manifest_path)
     return Run(out, manifest)
+
+
+def _count_faults(out: Path) -> dict:
+    """Runtime faults recorded per row (never a crash of the run), counted for the manifest."""
+    import pyarrow.parquet as pq
+
+    r = pq.read_table(out / "rollouts.parquet", columns=["status", "truncated", "n_tokens"]).to_pandas()
+    a = pq.read_table(out / "alignment.parquet", columns=["reason"]).to_pandas()
+    return {
+        "grader_errors": int((r.status == "error").sum()),
+        "grader_timeouts": int((r.status == "timeout").sum()),
+        "truncated_rollouts": int(r.truncated.sum()),
+        "empty_completions": int((r.n_tokens == 0).sum()),
+        "nonfinite_logit_rows": int(a.reason.str.contains("nonfinite").sum()),
+    }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -213,8 +212,8 @@ def fig_ranking(ranking, path: Path, *, metric: str, ci: float) -> Path:
     ax.set_yticks(y)
     ax.set_yticklabels([f"{c}  ·  {l}" for c, l in zip(r.config, r.loss)])
     ax.set_xlabel(f"mean {metric}(ideal gradient, distillation gradient)   ({int(ci * 100)}% interval: questions resampled)")
-    ax.set_title("Which config x loss pushes the student toward success?")
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_title("Which config x loss pushes the student toward success?", pad=20)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     return _save(fig, path)
 
 

@@ -71,12 +71,12 @@ class BuildConfig:
     student_solution_min: float = 0.92
     copy_force: float = 0.3  # share of solution-context examples whose reference is another problem's
     student_base_target: float = 0.45  # plain val accuracy of the checkpoint the student starts from
-    student_context_steps: int = 600
+    student_context_steps: int = 900
     self_pool_size: int = 4096
     # The student's context fine-tune: copy-forced contexts teach it to use them; "self" targets
     # (its base checkpoint's own samples on plain prompts) keep its unaided skill where it was.
     student_context_mix: tuple[tuple[str, float], ...] = (
-        ("solution!", 0.45), ("summary!", 0.15), ("answer", 0.05), ("summary", 0.05), ("self", 0.30),
+        ("solution!", 0.45), ("summary!", 0.10), ("answer!", 0.10), ("answer", 0.05), ("self", 0.30),
     )
     # training mix over contexts (see arithmetic.CONTEXTS)
     mix: tuple[tuple[str, float], ...] = (
@@ -160,6 +160,13 @@ def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *,
             # learns to trust a given reference, which computing alone never teaches it.
             other = ar.make_row(rng, i, "train", rng.randint(*cfg.digit_range))
             fields["solution"] = solution = other.solution
+        elif kind == "answer!":
+            # A wrong hint, followed half the time: the student learns a hint is worth something
+            # but not everything, so an answer-only hint lands between plain and full solution.
+            other = ar.make_row(rng, i, "train", rng.randint(*cfg.digit_range))
+            fields["answer"] = other.answer
+            if rng.random() < 0.5:
+                solution = solution.rsplit("#### ", 1)[0] + f"#### {other.answer}"
         elif kind == "summary!":
             a, b = map(int, row.question.split("+"))
             pattern = "".join(rng.choice("01") for _ in range(len(str(max(a, b)))))

@@ -41,3 +41,10 @@ def contains_ab(text, row):
 def odd_a(text, row):
     """Exact-enumeration tests: success iff the completion has an odd number of "a" characters."""
     return text.count("a") % 2 == 1
+
+
+def flaky(text, row):
+    """Fault tests: raises on completions of length divisible by 3, else odd_a."""
+    if len(text) % 3 == 0:
+        raise ValueError("grader bug")
+    return text.count("a") % 2 == 1
