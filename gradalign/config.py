@@ -111,6 +111,7 @@ class TaskConfig:
     prompt: str = "Q {question}\n"
     grader: str = "exact"
     grader_timeout_s: float = 5.0
+    chat: bool = False  # render context + prompt as one user message with the tokenizer's chat template
     id_field: str = "id"
     answer_field: str = "answer"
 
@@ -616,6 +617,7 @@ def _parse_task(s: _Section) -> TaskConfig:
         prompt=s.template("prompt", nonempty=True),
         grader=grader,
         grader_timeout_s=s.float("grader_timeout_s", gt=0),
+        chat=s.bool("chat"),
         id_field=s.str("id_field", nonempty=True),
         answer_field=s.str("answer_field", nonempty=True),
     )

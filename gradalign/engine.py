@@ -132,10 +132,6 @@ def _load_world(cfg: RunConfig) -> _World:
 # ----------------------------------------------------------------------------- stages
 
 
-def _encode(tok, text: str) -> tuple[int, ...]:
-    return tuple(tok(text, add_special_tokens=True)["input_ids"])
-
-
 def _grade(world: _World, items: Sequence[tuple[dict, str]]):
     from gradalign.graders import GradeItem
 
@@ -149,14 +145,14 @@ def _params(cfg: RunConfig) -> SamplingParams:
 
 
 def _sample_rollouts(world: _World, rows: Sequence[dict]) -> list[_Rollout]:
-    from gradalign.tasks import render
+    from gradalign.tasks import encode_prefix, render
 
     cfg, tok = world.cfg, world.tokenizer
     jobs = []
     for row in rows:
         qid = world.task.row_id(row)
         text = render(cfg.task.prompt, row, what="task.prompt", row_id=qid)
-        ids = _encode(tok, text)
+        ids = encode_prefix(tok, "", text, chat=cfg.task.chat)
         for r in range(cfg.sampling.rollouts_per_question):
             jobs.append((row, qid, r, text, ids))
     comps = sample(
@@ -234,13 +230,16 @@ class _NodeDists:
 def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list, prefix_hashes: dict) -> dict:
     """Per-token statistics for every rollout x config (appended to token_rows) and node dists."""
     from gradalign.scoring import ScoreRequest, score
-    from gradalign.tasks import render
+    from gradalign.tasks import encode_prefix, render
 
     cfg, tok = world.cfg, world.tokenizer
     tau, beta = cfg.sampling.temperature, cfg.distill.jsd_beta
     nodes_of = [tuple(n.position for n in p.nodes) for p in plans]
     dists: dict[tuple[int, int], _NodeDists] = {}
-    group = 16  # rollouts scored together; bounds the [T, V] matrices alive at once
+    # rollouts scored together: bounds the [T, V] float32 matrices alive at once (student + one teacher)
+    V = world.student.get_output_embeddings().weight.shape[0]
+    t_max = max((len(r.completion.token_ids) for r in rollouts), default=1)
+    group = max(1, min(16, (512 << 20) // (8 * max(t_max, 1) * V)))
     for g0 in range(0, len(rollouts), group):
         idx = list(range(g0, min(g0 + group, len(rollouts))))
         sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].completion.token_ids, nodes_of[i]) for i in idx]
@@ -252,7 +251,7 @@ def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list,
             for i in idx:
                 r = rollouts[i]
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.qid)
-                ids = _encode(tok, ctx + r.prompt_text)
+                ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
                 prefix_hashes[(r.qid, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
                 treq.append(ScoreRequest(ids, r.completion.token_ids, nodes_of[i]))
             t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)

@@ -53,7 +53,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
     from gradalign import models
     from gradalign.graders import check_grader
     from gradalign.selectors import branch_cost
-    from gradalign.tasks import load_task, render
+    from gradalign.tasks import encode_prefix, load_task, render
 
     templates = {"task.prompt": cfg.task.prompt}
     for i, t in enumerate(cfg.teachers):
@@ -92,7 +92,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
             prompt = render(cfg.task.prompt, row, what="task.prompt", row_id=rid)
             for t in cfg.teachers:
                 ctx = render(t.context, row, what=f"context of teacher {t.name!r}", row_id=rid)
-                longest = max(longest, len(stok(ctx + prompt, add_special_tokens=True)["input_ids"]))
+                longest = max(longest, len(encode_prefix(stok, ctx, prompt, chat=cfg.task.chat)))
         max_pos = _max_positions(sref.source, sref.is_local)
         if max_pos is not None and longest + cfg.sampling.max_new_tokens > max_pos:
             raise PreflightError(

@@ -42,16 +42,20 @@ class Scored:
     logp_full: torch.Tensor | None
 
 
-def _batches(reqs: Sequence[ScoreRequest], max_tokens: int):
-    order = sorted(range(len(reqs)), key=lambda i: len(reqs[i].prefix) + len(reqs[i].completion))
-    batch, width = [], 0
+def _batches(reqs: Sequence[ScoreRequest], max_tokens: int, max_logit_elems: int, vocab: int):
+    """Group requests (sorted by length) so that each forward stays under `max_tokens` padded
+    tokens and its kept logits (rows x (max completion + 1) x V) under `max_logit_elems`."""
+    order = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].prefix) + len(reqs[i].completion), len(reqs[i].completion)))
+    batch, width, tmax = [], 0, 0
     for i in order:
         L = len(reqs[i].prefix) + len(reqs[i].completion)
-        if batch and max(width, L) * (len(batch) + 1) > max_tokens:
+        T = len(reqs[i].completion)
+        w, t = max(width, L), max(tmax, T)
+        if batch and (w * (len(batch) + 1) > max_tokens or (len(batch) + 1) * (t + 1) * vocab > max_logit_elems):
             yield batch
-            batch, width = [], 0
+            batch, w, t = [], L, T
         batch.append(i)
-        width = max(width, L)
+        width, tmax = w, t
     if batch:
         yield batch
 
@@ -64,35 +68,46 @@ def score(
     pad_id: int = 0,
     keep_full: bool = False,
     max_batch_tokens: int = 16384,
+    max_logit_bytes: int = 256 << 20,
 ) -> list[Scored]:
-    """Forward `model` over each request (right padding, batched by total tokens) -> Scored each.
+    """Forward `model` over each request -> Scored each.
 
+    Sequences are LEFT-padded (explicit position ids from the attention mask) so every row's
+    completion sits at the end, and only the last (max completion + 1) positions' logits are
+    computed (`logits_to_keep`): the logits tensor is rows x (T+1) x V, never the full sequence,
+    and batches are sized so it stays under `max_logit_bytes` (large vocabularies get small batches).
     With `keep_full`, the [T, V] log-prob matrix of each sequence is returned (float32, CPU) so the
     caller can compute divergences against teachers one sequence at a time.
     """
     from gradalign.gradients import entropy
 
     device = next(model.parameters()).device
+    V = model.get_output_embeddings().weight.shape[0]
     out: list[Scored | None] = [None] * len(reqs)
-    for idx in _batches(reqs, max_batch_tokens):
+    for idx in _batches(reqs, max_batch_tokens, max_logit_bytes // 4, V):
         seqs = [list(reqs[i].prefix) + list(reqs[i].completion) for i in idx]
         width = max(len(s) for s in seqs)
+        tmax = max(len(reqs[i].completion) for i in idx)
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, : len(s)] = 1
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                logits_to_keep=tmax + 1,
+            ).logits  # [B, tmax + 1, V]: positions width-tmax-1 .. width-1
         for r, i in enumerate(idx):
             req = reqs[i]
-            P, T = len(req.prefix), len(req.completion)
+            T = len(req.completion)
             if T == 0:
-                V = logits.shape[-1]
                 empty = torch.zeros(0)
                 out[i] = Scored(empty, empty, torch.zeros((0, V), dtype=torch.float64), torch.zeros((0, V)) if keep_full else None)
                 continue
-            z = logits[r, P - 1 : P - 1 + T].double() / temperature  # [T, V]
+            off = tmax - T  # logits at kept index off + t predict completion token t
+            z = logits[r, off : off + T].double() / temperature  # [T, V]
             logp = torch.log_softmax(z, dim=-1)
             tok = torch.tensor(req.completion, dtype=torch.long, device=logp.device)
             token_lp = logp.gather(-1, tok[:, None])[:, 0]

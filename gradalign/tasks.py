@@ -148,3 +148,19 @@ def load_task(
                     f"{label}: row {str(r[id_field])!r} of {p} has no field {missing[0]!r} that the template needs"
                 )
     return Task(name=name or p.stem, source=str(p), rows=tuple(rows), id_field=id_field, answer_field=answer_field)
+
+
+def encode_prefix(tokenizer, context: str, prompt: str, *, chat: bool = False) -> tuple[int, ...]:
+    """Token ids a model sees before the completion: context + prompt.
+
+    Plain: the text context + prompt, tokenised with the tokenizer's special tokens (e.g. BOS).
+    Chat: context + prompt as ONE user message rendered with the tokenizer's chat template and the
+    generation prompt (the template supplies its own special tokens). Either way the completion's
+    ids are appended as ids by the caller, never re-tokenised from text.
+    """
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskError("task.chat: the student's tokenizer has no chat template; set task.chat = false")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": context + prompt}], tokenize=False, add_generation_prompt=True)
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return tuple(tokenizer(context + prompt, add_special_tokens=True)["input_ids"])

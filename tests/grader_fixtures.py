@@ -48,3 +48,11 @@ def flaky(text, row):
     if len(text) % 3 == 0:
         raise ValueError("grader bug")
     return text.count("a") % 2 == 1
+
+
+def last_number_equals(text, row):
+    """Real-model test: the last integer in the completion equals the row's answer."""
+    import re
+
+    nums = re.findall(r"-?\d+", text)
+    return bool(nums) and nums[-1] == str(row["answer"]).strip()
