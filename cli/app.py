@@ -7,9 +7,7 @@ transformers and pandas happen inside commands so `gradalign --help` stays insta
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 

@@ -21,10 +21,9 @@ import json
 import logging
 import math
 import platform
-import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,7 +33,7 @@ from gradalign import gradients as G
 from gradalign.candidates import Candidate, candidate_set
 from gradalign.config import RunConfig
 from gradalign.estimates import SuccessEstimate, full_vocab_success, split_halves
-from gradalign.generation import Completion, SamplingParams, sample
+from gradalign.generation import Completion, SamplingParams
 from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, concat_tables, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -95,6 +94,7 @@ class _World:
     teachers: tuple[_Teacher, ...]
     grader: object
     model_hashes: dict
+    sampler: object  # backends.HFSampler | backends.VLLMSampler
 
 
 # ----------------------------------------------------------------------------- setup
@@ -125,8 +125,15 @@ def _load_world(cfg: RunConfig) -> _World:
                 hashes[t.model] = lm.content_hash
             model = loaded[key]
         teachers.append(_Teacher(t.name, model, t.context, t.model))
+    from gradalign.backends import make_sampler
+
+    sampler = make_sampler(
+        cfg.sampling.backend, model=student.model, source=sref.source, params=_params(cfg),
+        eos_id=student.tokenizer.eos_token_id, pad_id=student.tokenizer.pad_token_id,
+        dtype=cfg.student.dtype, gguf_file=cfg.student.gguf_file, seed=cfg.run.seed,
+    )
     grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
-    return _World(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, hashes)
+    return _World(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, hashes, sampler)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -155,10 +162,7 @@ def _sample_rollouts(world: _World, rows: Sequence[dict]) -> list[_Rollout]:
         ids = encode_prefix(tok, "", text, chat=cfg.task.chat)
         for r in range(cfg.sampling.rollouts_per_question):
             jobs.append((row, qid, r, text, ids))
-    comps = sample(
-        world.student, [j[4] for j in jobs], [stable_seed(cfg.run.seed, "rollout", j[1], j[2]) for j in jobs],
-        _params(cfg), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-    )
+    comps = world.sampler.sample([j[4] for j in jobs], [stable_seed(cfg.run.seed, "rollout", j[1], j[2]) for j in jobs])
     texts = [tok.decode(c.token_ids, skip_special_tokens=False) for c in comps]
     verdicts = _grade(world, [(j[0], t) for j, t in zip(jobs, texts)])
     return [
@@ -205,7 +209,7 @@ def _select(world: _World, rollouts: Sequence[_Rollout]) -> list:
                 prompts.append(r.prompt_ids + r.completion.token_ids[:t])
                 seeds.append(stable_seed(cfg.run.seed, "value", r.qid, r.rid, t, m))
                 allow.append(cfg.sampling.max_new_tokens - t)
-            comps = sample(world.student, prompts, seeds, _params(cfg), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new=allow)
+            comps = world.sampler.sample(prompts, seeds, allow)
             texts = [tok.decode(rollouts[i].completion.token_ids[:t] + c.token_ids) for (i, t, _), c in zip(jobs, comps)]
             verdicts = _grade(world, [(rollouts[i].row, x) for (i, _, _), x in zip(jobs, texts)])
             acc: dict[tuple[int, int], list[int]] = {}
@@ -247,7 +251,7 @@ def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list,
         for k, i in enumerate(idx):
             dists[(rollouts[i].qid, rollouts[i].rid)] = _NodeDists(s_out[k].node_logp, {})
         for teacher in world.teachers:
-            treq, tprefix = [], []
+            treq = []
             for i in idx:
                 r = rollouts[i]
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.qid)
@@ -378,7 +382,7 @@ def _sample_and_grade(world: _World, branches, want: dict, outcomes: dict) -> in
             prompts.append(prefix + (first,))
             seeds.append(stable_seed(cfg.run.seed, "branch", r.qid, r.rid, t, slot < 0, first, m))
             allow.append(L - t - 1)
-    comps = sample(world.student, prompts, seeds, _params(cfg), eos_id=eos, pad_id=tok.pad_token_id, max_new=allow) if jobs else []
+    comps = world.sampler.sample(prompts, seeds, allow) if jobs else []
     for (bi, slot, first), c in zip(jobs, comps):
         r, t = branches[bi].rollout, branches[bi].position
         items.append((r.row, tok.decode(r.completion.token_ids[:t] + (first,) + c.token_ids)))
@@ -615,6 +619,7 @@ def diagnose(
                 progress("questions", min((k + 1) * shard_size, len(rows)), len(rows))
     finally:
         world.grader.close()
+        world.sampler.close()
 
     counts = {}
     for name in TABLES:

@@ -64,6 +64,13 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
         templates=templates,
     )
     check_grader(cfg.task.grader)
+    if cfg.sampling.backend == "vllm":
+        import importlib.util
+
+        from gradalign.backends import VLLM_INSTALL_HINT
+
+        if importlib.util.find_spec("vllm") is None:
+            raise PreflightError(VLLM_INSTALL_HINT)
 
     try:
         sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)

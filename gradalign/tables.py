@@ -154,7 +154,6 @@ def concat_tables(name: str, paths: Sequence[Path], out: Path, meta: Mapping[str
 
 def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False) -> Tables:
     """Read a run folder into DataFrames. Raises RunIncomplete if the manifest is missing."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     d = Path(run_dir)

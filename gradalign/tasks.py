@@ -14,7 +14,7 @@ import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 
 class TaskError(ValueError):

@@ -113,3 +113,15 @@ def test_bad_input_diagnose_writes_nothing(tmp_path, name, mutate, needle):
 
 def test_case_table_is_large_and_distinct():
     assert len(CASES) >= 20 and len({c[2] for c in CASES}) >= 20
+
+
+def test_vllm_backend_without_vllm_gives_install_hint(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(DEMO.replace("[sampling]\n", '[sampling]\nbackend = "vllm"\n'))
+    r = CliRunner().invoke(app, ["validate", str(cfg)])
+    assert r.exit_code == 2 and "pip install 'gradalign[vllm]'" in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1
