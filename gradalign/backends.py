@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 VLLM_INSTALL_HINT = (
     "sampling.backend = \"vllm\" needs vLLM: pip install 'gradalign[vllm]' on a GPU machine, or "
-    "`bash bench/vllm_cpu_env.sh` for the CPU build in its own virtualenv"
+    "`bash .ci/vllm-cpu` to build the CPU vLLM virtualenv and run its tests"
 )
 
 
@@ -55,8 +55,14 @@ class VLLMSampler:
             raise ImportError(VLLM_INSTALL_HINT) from None
         import os
 
+        import torch
+
         model = os.path.join(source, gguf_file) if gguf_file else source
         kw = {"tokenizer": source} if gguf_file else {}
+        if not torch.cuda.is_available():
+            # On the CPU build this fraction reserves host memory for the KV cache; the default
+            # (0.92 of a NUMA node) fails beside other processes and the tiny models need little.
+            kw["gpu_memory_utilization"] = 0.25
         self.llm = LLM(model=model, dtype=dtype, seed=seed, enable_prefix_caching=True,
                        max_model_len=max_model_len, **kw)
         self.params = params

@@ -165,8 +165,10 @@ def _sample_rollouts(world: _World, rows: Sequence[dict]) -> list[_Rollout]:
     comps = world.sampler.sample([j[4] for j in jobs], [stable_seed(cfg.run.seed, "rollout", j[1], j[2]) for j in jobs])
     texts = [tok.decode(c.token_ids, skip_special_tokens=False) for c in comps]
     verdicts = _grade(world, [(j[0], t) for j, t in zip(jobs, texts)])
+    # A rollout cut by max_new_tokens is a failure whatever its text says, as for continuations.
     return [
-        _Rollout(j[1], j[2], j[0], j[3], j[4], c, t, v.correct, v.extracted, v.status, v.reason)
+        _Rollout(j[1], j[2], j[0], j[3], j[4], c, t, bool(v.correct) and not c.truncated, v.extracted, v.status,
+                 "truncated" if c.truncated else v.reason)
         for j, c, t, v in zip(jobs, comps, texts, verdicts)
     ]
 

@@ -50,3 +50,9 @@ def test_length_limit_is_recorded(faulty_run):
     r = faulty_run.tables().rollouts
     assert r.truncated.any()
     assert faulty_run.manifest["faults"]["truncated_rollouts"] == int(r.truncated.sum())
+
+
+def test_truncated_rollouts_are_failures(faulty_run):
+    r = faulty_run.tables().rollouts
+    assert not r[r.truncated].correct.any()
+    assert (r[r.truncated].reason == "truncated").all()

@@ -1,0 +1,135 @@
+"""Shared helpers for the benchmarks in bench/: thread setup, interleaved timing, medians, machine
+facts and Markdown tables. Each benchmark module exposes `run(quick, threads) -> dict` (with a
+"markdown" section and a "headline" line) and a `main()` for running it alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "data" / "configs" / "demo.toml"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def setup_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, before: Callable[[], None] | None = None):
+    """Time each fn `repeats` times, interleaved (A B C, B C A, C A B, ...) so that load drift on a
+    shared machine hits every variant alike. Returns ({name: [seconds]}, {name: [results]})."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    results: dict[str, list[object]] = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            res = fns[n]()
+            times[n].append(time.perf_counter() - t0)
+            results[n].append(res)
+    return times, results
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for pkg in ("gradalign", "torch", "transformers", "numpy", "pandas", "pyarrow"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
+        commit = commit + (" (+ uncommitted changes)" if dirty else "")
+    except OSError:
+        commit = None
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": ram_gib,
+        "platform": platform.platform(),
+        "versions": versions,
+        "git": commit,
+        "loadavg": loadavg(),
+    }
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def cli(run: Callable[..., dict], description: str) -> None:
+    """The entry point of a benchmark run alone: prints its section; --json writes its results."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="smaller variant (fewer repeats / seeds)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here as JSON")
+    a = ap.parse_args()
+    setup_threads(a.threads)
+    t0 = time.perf_counter()
+    res = run(quick=a.quick, threads=a.threads)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(res["markdown"])
+    print(f"\nheadline: {res['headline']}  ({res['wall_s']} s)")
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1, default=str))
+
+
+def add_paths() -> None:
+    """Make `tests/` importable (tiny_world, test_exact_enumeration, grader_fixtures)."""
+    p = str(ROOT / "tests")
+    if p not in sys.path:
+        sys.path.insert(0, p)
