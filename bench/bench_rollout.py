@@ -104,8 +104,12 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     import gradalign
     from gradalign import engine, generation
 
+    import dataclasses
+
     repeats = 3 if quick else 5
     cfg = gradalign.load_config(C.DEMO_CONFIG)
+    if quick:  # 2 of the demo's 6 questions: about a third of the workload
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, limit=2))
     world = engine._load_world(cfg)
     try:
         rows = list(world.task.rows)
@@ -201,14 +205,14 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
     V = world.student.get_output_embeddings().weight.shape[0]
     proc = _processor_cost(params.batch_size, V)
-    return _report(results, proc, params, V, threads)
+    return _report(results, proc, params, V, threads, quick)
 
 
 def _tps(r, n):
     return C.median([k / t for k, t in zip(r["tokens"][n], r["times"][n])])
 
 
-def _report(results, proc, params, V, threads) -> dict:
+def _report(results, proc, params, V, threads, quick) -> dict:
     labels = {"stage": "gradalign stage (sample + grade)", "sample": "generation.sample alone",
               "ablation": "sample, batched Gumbel (ablation)", "bare": "bare model.generate"}
     rows = []
@@ -236,7 +240,7 @@ def _report(results, proc, params, V, threads) -> dict:
     md = [
         "## 1. Rollout stage vs raw backend (HF `model.generate`)",
         "",
-        f"Workload: the demo config's rollout stage ({results['rollout']['n_prompts']} rollouts, max_new_tokens "
+        f"Workload{' (quick: 2 of the 6 demo questions)' if quick else ''}: the demo config's rollout stage ({results['rollout']['n_prompts']} rollouts, max_new_tokens "
         f"{params.max_new_tokens}) and branch stage ({br['n_prompts']} continuations with their own allowances), "
         f"batch size {params.batch_size}, {threads} torch threads. Medians of {results['rollout']['repeats']} (rollout) / "
         f"{br['repeats']} (branch) interleaved repeats; ratio = tokens/s / bare tokens/s (goal >= 0.9 for the stage).",
@@ -244,7 +248,7 @@ def _report(results, proc, params, V, threads) -> dict:
         C.md_table(["stage", "variant", "sequences", "tokens (median)", "time s (median)", "tokens/s", "ratio vs bare"], rows),
         "",
         f"Where the branch stage's time goes (medians): stage {stage_t:.2f} s = sampling {samp_t:.2f} s "
-        f"+ decode/grade {grade:.2f} s + bookkeeping {max(0.0, stage_t - samp_t - grade):.2f} s; bare generate {bare_t:.2f} s; "
+        f"+ grading {grade:.2f} s + decoding text and bookkeeping {max(0.0, stage_t - samp_t - grade):.2f} s; bare generate {bare_t:.2f} s; "
         f"sampling with a batched Gumbel draw {abl_t:.2f} s.",
         "",
         f"Per decode step on a [{params.batch_size}, {V}] logit batch: per-row Gumbel processor {per_row * 1e3:.2f} ms, "

@@ -168,7 +168,7 @@ def _sample_rollouts(world: _World, rows: Sequence[dict]) -> list[_Rollout]:
     # A rollout cut by max_new_tokens is a failure whatever its text says, as for continuations.
     return [
         _Rollout(j[1], j[2], j[0], j[3], j[4], c, t, bool(v.correct) and not c.truncated, v.extracted, v.status,
-                 "truncated" if c.truncated else v.reason)
+                 "; ".join(x for x in ("truncated" if c.truncated else "", v.reason) if x))
         for j, c, t, v in zip(jobs, comps, texts, verdicts)
     ]
 
