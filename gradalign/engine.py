@@ -33,18 +33,12 @@ from gradalign import gradients as G
 from gradalign.candidates import Candidate, candidate_set
 from gradalign.config import RunConfig
 from gradalign.estimates import SuccessEstimate, full_vocab_success, split_halves
-from gradalign.generation import Completion, SamplingParams
+from gradalign.generation import Completion, SamplingParams, stable_seed
 from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, concat_tables, write_json, write_table
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def stable_seed(*parts) -> int:
-    """A 63-bit seed from printable parts (blake2b; independent of PYTHONHASHSEED)."""
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from printable parts (blake2b; independent of PYTHONHASHSEED and batch order)."""
+    import hashlib
+
+    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How continuations are drawn. Defaults give unbiased success estimates."""

@@ -178,7 +178,7 @@ def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *,
 def _self_pool(model, tokenizer, cfg: BuildConfig, exclude: set[str], n: int) -> list[tuple[str, str]]:
     """Plain prompts with the model's own sampled completions (temperature 1) as targets."""
     from gradalign import arithmetic as ar
-    from gradalign.generation import SamplingParams, sample
+    from gradalign.generation import SamplingParams, sample, stable_seed
 
     rng = random.Random(f"{cfg.seed}:self")
     rows = []
@@ -188,7 +188,7 @@ def _self_pool(model, tokenizer, cfg: BuildConfig, exclude: set[str], n: int) ->
             rows.append(r)
     prompts = [ar.PROMPT_TEMPLATE.format(question=r.question) for r in rows]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    comps = sample(model, ids, [hash_seed(cfg.seed, "self", i) for i in range(n)], SamplingParams(max_new_tokens=96, batch_size=256),
+    comps = sample(model, ids, [stable_seed(cfg.seed, "self", i) for i in range(n)], SamplingParams(max_new_tokens=96, batch_size=256),
                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
     return [(p, tokenizer.decode(c.token_ids)) for p, c in zip(prompts, comps) if not c.truncated]
 
@@ -287,7 +287,7 @@ class Accuracy:
 def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: int = 0, max_new_tokens: int = 96, name: str = "") -> Accuracy:
     """Sampled accuracy (temperature 1, no truncation) of `model` on `rows` under one context."""
     from gradalign import arithmetic as ar
-    from gradalign.generation import SamplingParams, sample
+    from gradalign.generation import SamplingParams, sample, stable_seed
     from gradalign.graders import extract_answer
 
     tmpl = ar.CONTEXTS[context]
@@ -295,7 +295,7 @@ def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: 
         tokenizer(tmpl.format(**r) + ar.PROMPT_TEMPLATE.format(**r), add_special_tokens=False)["input_ids"]
         for r in rows
     ]
-    seeds = [hash_seed(seed, r["id"], context) for r in rows]
+    seeds = [stable_seed(seed, r["id"], context) for r in rows]
     comps = sample(
         model, prompts, seeds, SamplingParams(max_new_tokens=max_new_tokens, batch_size=128),
         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
@@ -304,14 +304,6 @@ def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: 
         (extract_answer(tokenizer.decode(c.token_ids)) or "").strip() == r["answer"] for c, r in zip(comps, rows)
     )
     return Accuracy(name, context, len(rows), correct, sum(c.truncated for c in comps))
-
-
-def hash_seed(*parts) -> int:
-    """A stable 63-bit seed from any printable parts (independent of PYTHONHASHSEED)."""
-    import hashlib
-
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 # ----------------------------------------------------------------------------- build
