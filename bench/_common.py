@@ -33,9 +33,10 @@ def median(xs) -> float:
     return float(statistics.median(xs))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, before: Callable[[], None] | None = None):
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, before: Callable[[int], None] | None = None):
     """Time each fn `repeats` times, interleaved (A B C, B C A, C A B, ...) so that load drift on a
-    shared machine hits every variant alike. Returns ({name: [seconds]}, {name: [results]})."""
+    shared machine hits every variant alike; `before(repeat)` runs untimed before each call.
+    Returns ({name: [seconds]}, {name: [results]})."""
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     results: dict[str, list[object]] = {n: [] for n in names}
@@ -43,7 +44,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, before: Call
         k = r % len(names)
         for n in names[k:] + names[:k]:
             if before is not None:
-                before()
+                before(r)
             t0 = time.perf_counter()
             res = fns[n]()
             times[n].append(time.perf_counter() - t0)

@@ -115,6 +115,17 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         "",
         C.md_table(["variant", "time ms (median)", "tokens/s", "ratio (bare / variant)"], rows),
     ]
+    red = med["score"] - med["fwd"]
+    interp = (
+        f"Interpretation. `scoring.score` runs at {ratio:.2f}x a bare forward + log_softmax over the same sequences, "
+        f"which {'meets' if ratio >= 0.8 else 'MISSES'} the >= 0.8 goal. Its forward alone is {med['bare'] / med['fwd']:.2f}x "
+        f"the bare one (left padding with logits_to_keep computes logits only for the completion positions); the gap is "
+        f"the per-sequence reductions after it ({red * 1e3:.0f} ms of {med['score'] * 1e3:.0f} ms: a float64 log_softmax per row, "
+        f"entropy, gather and CPU copies of the [T, V] matrix that keep_full returns). The whole `_score` stage adds "
+        f"{(med['stage'] - med['score']) * 1e3:.0f} ms on top (per-token KL/JSD/cosine in float64 and one Python dict per token "
+        f"x config for the tokens table), so the stage as a whole runs at {med['bare'] / med['stage']:.2f}x bare."
+    )
+    md += ["", interp]
     headline = f"scoring.score {ratio:.2f}x bare forward+log_softmax (whole _score stage {med['bare'] / med['stage']:.2f}x)"
     return {"name": "scoring", "headline": headline, "summary": {"score": ratio, "stage": med["bare"] / med["stage"]},
             "markdown": "\n".join(md), "times": times, "n_calls": len(calls), "n_seq": n_seq, "n_tok": n_tok}

@@ -1,0 +1,239 @@
+"""Benchmark 3: estimator efficiency against exact enumeration, at an equal continuation budget.
+
+World: tests/tiny_world.make_tiny_world (random 1-layer Llama over {<pad>, <s>, </s>, <unk>, a, b},
+prompt "ab", success = odd number of "a"), every token a candidate (top_k = V), so every S_k is a
+plain Monte Carlo estimate of an exactly enumerable probability. Exact cosines come from the
+helpers of tests/test_exact_enumeration.py (`_exact_rows`, which memoises per prefix), with the
+horizon raised from 4 to L = 7 new tokens.
+
+Per seed, the same rollouts (the rollout seed does not depend on the selector) are diagnosed with:
+  every     all positions, M = M_every continuations per candidate
+  logspace  nodes_per_window = 1, M raised so its continuations match every's
+  refine    nodes_per_window = 1, value_continuations = 2, refine_nodes = 2; M raised so value
+            queries + branch continuations match every's
+Each run goes through the engine's own shard pipeline (`engine._process_shard`, the function
+`diagnose` runs per shard; its `continuations` is the manifest's count) on one loaded world, so the
+grader workers start once. M for logspace/refine comes from a pilot at M = 2 (same seed, hence the
+same nodes and the same value queries): M = round((C_every - value continuations) / (C_pilot / 2)) with a pilot at M = 2.
+Error = mean |cos - exact cos| over the method's alignment rows (node x config x loss, finite
+values). Ratio = error(every) / error(selector): > 1 means the selector's nodes are estimated
+more precisely for the same number of continuations (it covers fewer nodes: see the coverage column).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import _common as C
+
+L = 7
+ROLLOUTS = 24
+
+
+_MODELS: dict = {}
+
+
+@contextlib.contextmanager
+def _cached_from_pretrained():
+    """`_exact_rows` reloads the models on every call and memoises by model identity; hand it the
+    same objects every time so the enumeration is done once per run of this benchmark."""
+    from transformers import AutoModelForCausalLM
+
+    own = "from_pretrained" in AutoModelForCausalLM.__dict__
+    saved = AutoModelForCausalLM.__dict__.get("from_pretrained")
+    real = AutoModelForCausalLM.from_pretrained  # bound to the class
+
+    def cached(path, *a, **k):
+        key = (str(path), a, tuple(sorted(k.items())))
+        if key not in _MODELS:
+            _MODELS[key] = real(path, *a, **k)
+        return _MODELS[key]
+
+    AutoModelForCausalLM.from_pretrained = cached
+    try:
+        yield
+    finally:
+        if own:
+            AutoModelForCausalLM.from_pretrained = saved
+        else:
+            del AutoModelForCausalLM.from_pretrained
+
+
+def _config(root: Path, selector: str, M: int, seed: int):
+    from gradalign.config import config_from_dict, default_config_dict
+
+    d = default_config_dict()
+    d["run"] = {"name": "bench-estimator", "seed": seed}
+    d["task"] = {"path": str(root / "task.jsonl"), "prompt": "{question}", "grader": "python:grader_fixtures:odd_a"}
+    d["student"] = {"model": str(root / "student")}
+    d["sampling"].update({"rollouts_per_question": ROLLOUTS, "max_new_tokens": L, "batch_size": 512})
+    d["branching"].update({
+        "selector": selector, "continuations": M, "top_k": 6, "max_candidates": 6, "residual": True,
+        "nodes_per_window": 1, "value_continuations": 2, "refine_nodes": 2,
+    })
+    d["teachers"] = [  # the names/contexts `_exact_rows` expects
+        {"name": "self-hint", "model": "student", "context": "{hint}"},
+        {"name": "other", "model": str(root / "teacher"), "context": ""},
+    ]
+    return config_from_dict(d)
+
+
+class _Runner:
+    """One loaded world; runs the engine's shard pipeline for any (selector, M, seed)."""
+
+    def __init__(self, root: Path):
+        from gradalign import engine
+
+        self.engine = engine
+        self.root = root
+        self.world = engine._load_world(_config(root, "every", 2, 0))
+        self.sampled = 0
+        real = self.world.sampler.sample
+
+        def counting(prompts, seeds, max_new=None):
+            self.sampled += len(prompts)
+            return real(prompts, seeds, max_new)
+
+        self.world.sampler.sample = counting
+
+    def run(self, selector: str, M: int, seed: int) -> dict:
+        import pandas as pd
+
+        self.world.cfg = _config(self.root, selector, M, seed)
+        self.sampled = 0
+        res = self.engine._process_shard(self.world, list(self.world.task.rows), None)
+        branch = res["continuations"]
+        value = self.sampled - ROLLOUTS - branch  # refine's value queries (0 for the static kinds)
+        tables = type("Tables", (), {})()
+        tables.rollouts = pd.DataFrame(res["tables"]["rollouts"])
+        tables.alignment = pd.DataFrame(res["tables"]["alignment"])
+        return {"branch": branch, "value": value, "total": branch + value, "tables": tables,
+                "nodes": sum(s["nodes"] for s in res["selection"])}
+
+    def close(self):
+        self.world.grader.close()
+
+
+def _error(tables, exact) -> tuple[float, int, int]:
+    errs, nodes = [], set()
+    for a in tables.alignment.itertuples():
+        e = exact[(a.rollout_id, a.position, a.config, a.loss)]
+        if math.isfinite(e) and math.isfinite(a.cos):
+            errs.append(abs(a.cos - e))
+            nodes.add((a.rollout_id, a.position))
+    return (sum(errs) / len(errs) if errs else math.nan), len(errs), len(nodes)
+
+
+def run(quick: bool = False, threads: int = 2) -> dict:
+    C.add_paths()
+    import test_exact_enumeration as tee
+    from tiny_world import make_tiny_world
+
+    tee.L = L  # the helpers read the horizon from this module global
+    seeds = [0, 1] if quick else [0, 1, 2, 3, 4, 5]
+    budgets = [4] if quick else [4, 8]  # M of `every`
+    tmp = Path(tempfile.mkdtemp(prefix="gradalign-bench-est-"))
+    rows = []
+    per = {}  # (M_every, selector) -> lists
+    lengths: list[int] = []
+    runner = None
+    try:
+        root = make_tiny_world(tmp / "world")
+        runner = _Runner(root)
+        for M_e in budgets:
+            for seed in seeds:
+                base = runner.run("every", M_e, seed)
+                with _cached_from_pretrained():
+                    exact = tee._exact_rows(root, base["tables"])
+                lengths += base["tables"].rollouts.n_tokens.tolist()
+                results = {"every": (M_e, base)}
+                for sel in ("logspace", "refine"):
+                    pilot = runner.run(sel, 2, seed)  # same nodes/value queries as any M; branch cost is linear in M
+                    M = max(1, round((base["total"] - pilot["value"]) / max(1, pilot["branch"] / 2)))
+                    r = runner.run(sel, M, seed)
+                    results[sel] = (M, r)
+                for sel, (M, r) in results.items():
+                    err, n_rows, n_nodes = _error(r["tables"], exact)
+                    d = per.setdefault((M_e, sel), {"err": [], "total": [], "nodes": [], "M": [], "value": []})
+                    d["err"].append(err)
+                    d["total"].append(r["total"])
+                    d["nodes"].append(n_nodes)
+                    d["M"].append(M)
+                    d["value"].append(r["value"])
+                print(f"[estimator bench] M_every={M_e} seed={seed}: " + ", ".join(
+                    f"{s} M={per[(M_e, s)]['M'][-1]} conts={per[(M_e, s)]['total'][-1]} err={per[(M_e, s)]['err'][-1]:.4f}"
+                    for s in results), flush=True)
+    finally:
+        if runner is not None:
+            runner.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = {}
+    for M_e in budgets:
+        e_every = statistics.mean(per[(M_e, "every")]["err"])
+        n_every = sum(per[(M_e, "every")]["nodes"])
+        c_every = sum(per[(M_e, "every")]["total"])
+        for sel in ("every", "logspace", "refine"):
+            d = per[(M_e, sel)]
+            e = statistics.mean(d["err"])
+            sd = statistics.stdev(d["err"]) / math.sqrt(len(d["err"])) if len(d["err"]) > 1 else math.nan
+            ratio = e_every / e
+            ratios = [a / b for a, b in zip(per[(M_e, "every")]["err"], d["err"])]
+            rows.append([M_e, sel, f"{min(d['M'])}-{max(d['M'])}" if min(d["M"]) != max(d["M"]) else d["M"][0],
+                         sum(d["total"]), f"{sum(d['total']) / c_every:.2f}", sum(d["value"]), sum(d["nodes"]),
+                         f"{sum(d['nodes']) / n_every:.2f}", e, sd, ratio, f"{sum(r > 1 for r in ratios)}/{len(ratios)}"])
+            summary[f"M{M_e}/{sel}"] = ratio
+    md = [
+        "## 3. Estimator efficiency vs exact enumeration (equal continuation budget)",
+        "",
+        f"Tiny world (tests/tiny_world.py), horizon L = {L} new tokens, {ROLLOUTS} rollouts per seed, seeds {seeds}, "
+        "2 teacher configs x 4 losses per node, every token a candidate. `conts` = branch continuations (the "
+        "manifest's `continuations`) + refine's value-query continuations, summed over seeds; `vs every` is that "
+        "total over every's. Error = mean over seeds of mean |cos - exact| over the method's alignment rows "
+        "(± standard error over seeds). Ratio = error(every) / error(selector); `seeds won` = seeds where the "
+        "selector's error is lower.",
+        "",
+        C.md_table(["M (every)", "selector", "M", "conts", "vs every", "of which value queries", "nodes",
+                    "coverage vs every", "mean abs(cos - exact)", "± s.e.", "ratio every/selector", "seeds won"], rows),
+    ]
+    M0 = budgets[0]
+
+    def cov(sel, M_e=M0):
+        return sum(per[(M_e, sel)]["nodes"]) / sum(per[(M_e, "every")]["nodes"])
+
+    def mrange(sel, M_e=M0):
+        a, b = min(per[(M_e, sel)]["M"]), max(per[(M_e, sel)]["M"])
+        return str(a) if a == b else f"{a}-{b}"
+
+    verdict = []
+    for M_e in budgets:
+        for sel in ("logspace", "refine"):
+            r = summary[f"M{M_e}/{sel}"]
+            verdict.append(f"{sel} at M_every={M_e}: {r:.2f}x ({'lower' if r > 1 else 'higher'} error than every)")
+    interp = (
+        f"Interpretation. At an equal number of continuations, per-node error vs exact enumeration: "
+        + "; ".join(verdict) + ". "
+        f"The gain is bought with M, not with smarter estimates: the rollouts here are short (mean "
+        f"{statistics.mean(lengths):.1f} completion tokens, horizon {L}), so logspace still branches {cov('logspace'):.0%} "
+        f"of every's nodes and can only raise M from {M0} to {mrange('logspace')}; refine branches {cov('refine'):.0%} of them "
+        f"at M {mrange('refine')} after spending part of the budget on value queries. Per-node error falls slowly with M "
+        "(Monte Carlo noise ~1/sqrt(M) plus the shrinkage of the naive cosine toward 0), so a 1.5-2x larger M buys a "
+        "modest reduction, and nodes a selector does not branch get no estimate at all. This measures per-node "
+        "precision only, not whether refine finds the decisive tokens; the selectors' room grows with rollout length "
+        "(O(log T) nodes against T, benchmark 4), which this 6-token world cannot show."
+    )
+    md += ["", interp]
+    parts = [f"M_every={M_e}: logspace {summary[f'M{M_e}/logspace']:.2f}, refine {summary[f'M{M_e}/refine']:.2f}" for M_e in budgets]
+    headline = "error ratio every/selector at equal continuations (>1 = selector more precise per node): " + "; ".join(parts)
+    return {"name": "estimator", "headline": headline, "summary": summary, "markdown": "\n".join(md),
+            "per": {f"{k[0]}/{k[1]}": v for k, v in per.items()}, "L": L, "seeds": seeds}
+
+
+if __name__ == "__main__":
+    C.cli(run, "estimator error vs exact enumeration at equal continuation budget")
