@@ -98,8 +98,6 @@ def _planned(cap: int) -> dict:
 def _measured(quick: bool, threads: int) -> dict:
     import random
 
-    import torch
-
     from gradalign.generation import SamplingParams, sample
     from gradalign.world import ModelSize, build_tokenizer, new_model
 
@@ -151,8 +149,9 @@ def _measured_text(measured, mslopes) -> str:
         f"{mslopes['logspace k=1'][0]:.2f} but its time with {mslopes['logspace k=1'][1]:.2f}, every's time with "
         f"{mslopes['every'][1]:.2f} over T <= {measured['every'][-1]['T']}. The extra growth is per-step cost, not token "
         f"count: a decode step of the logspace batch costs {step_a:.1f} ms at T={a['T']} and {step_b:.1f} ms at T={b['T']}, "
-        f"because continuations from late nodes attend over prefixes of up to T tokens (and HF's KV cache grows per "
-        f"step). The cost model counts generated tokens only, so on long rollouts wall time grows faster than planned "
+        f"consistent with each step attending over a context of up to about 2T positions (the batch is left-padded to "
+        f"the longest prefix, about T, and then decodes up to the longest allowance, about T); not broken down further "
+        f"here. The cost model counts generated tokens only, so on long rollouts wall time grows faster than planned "
         f"tokens for every selector; logspace stays far below every at equal T."
     )
 
@@ -178,7 +177,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         C.md_table(["wall s (median)", "peak RSS MiB (max)", "continuations"] + [f"{k} s" for k in stages],
                    [[wall, rss, demos[0]["continuations"]] + list(stages.values())]),
         "",
-        f"Wall time includes interpreter start-up and imports; stage timings are the manifest's `timings_s` (medians).",
+        "Wall time includes interpreter start-up and imports; stage timings are the manifest's `timings_s` (medians).",
         "",
         f"### Planned cost vs rollout length (cost model, {PER_NODE} continuations per node, no cap)",
         "",
@@ -218,7 +217,8 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         f"and {slopes['logspace k=2'][0]:.2f} for k=2 (linear: O(k log T) nodes whose costs halve window by window) "
         f"and {rf:.2f} for refine (anchors as logspace plus O(log T) bisection queries); continuations grow as "
         f"T for every and about log T for logspace (exponent {slopes['logspace k=1'][1]:.2f} over this range). "
-        f"Under the fixed cap, every/stride keep only their latest nodes once T grows, while logspace keeps all of its nodes "
+        f"Under the fixed cap, every/stride keep only their latest nodes once T grows (every keeps "
+        f"{len(planned['every (cap)'][-1].nodes)} of {LENGTHS[-1]} at T={LENGTHS[-1]}), while logspace keeps all of its nodes "
         f"up to the largest T. "
         + _measured_text(measured, mslopes)
     )
