@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from gradalign.config import template_fields
 
 
 class TaskError(ValueError):
@@ -39,17 +40,6 @@ class Task:
 
     def row_id(self, row: Mapping[str, Any]) -> str:
         return str(row[self.id_field])
-
-
-def template_fields(template: str) -> tuple[str, ...]:
-    """Field names a str.format template needs ("Q {question}" -> ("question",))."""
-    names = []
-    for _, name, _, _ in string.Formatter().parse(template):
-        if name is not None and name != "":
-            base = name.split(".")[0].split("[")[0]
-            if base not in names:
-                names.append(base)
-    return tuple(names)
 
 
 def render(template: str, row: Mapping[str, Any], *, what: str, row_id: str) -> str:
