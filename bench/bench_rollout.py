@@ -168,7 +168,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         rollouts = engine._sample_rollouts(world, rows)
         plans = engine._select(world, rollouts)
         assert len(calls) == 1, "demo selector is expected to sample nothing (logspace)"
-        dists = engine._score(world, rollouts, plans, [], {})
+        dists = engine._score(world, rollouts, plans, {}, {})
         branches = engine._plan_branches(world, rollouts, plans, dists)
         n0 = len(calls)
         engine._run_branches(world, branches)

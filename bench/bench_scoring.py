@@ -70,7 +70,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
         scoring.score = recording
         try:
-            engine._score(world, rollouts, plans, [], {})
+            engine._score(world, rollouts, plans, {}, {})
         finally:
             scoring.score = real
         assert all(kw.get("keep_full") for _, _, kw in calls)
@@ -88,7 +88,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
                 _forward_like_score(model, reqs, kw.get("pad_id", 0))
 
         def do_stage():
-            engine._score(world, rollouts, plans, [], {})
+            engine._score(world, rollouts, plans, {}, {})
 
         times, _ = C.interleaved({"score": do_score, "bare": do_bare, "fwd": do_fwd, "stage": do_stage}, repeats)
         print("[scoring bench] " + ", ".join(f"{n} {C.median(t) * 1e3:.1f} ms" for n, t in times.items()), flush=True)

@@ -21,10 +21,29 @@ import _common as C
 
 BENCHES = (
     ("rollout", "bench_rollout.py"),
+    ("rollout_vllm", "bench_rollout_vllm.py"),  # needs vLLM: see _python_for
     ("scoring", "bench_scoring.py"),
     ("estimator", "bench_estimator.py"),
     ("e2e", "bench_e2e.py"),
 )
+
+
+def _python_for(name: str) -> str | None:
+    """The interpreter a benchmark runs under: this one, except that the vLLM benchmark needs vLLM
+    ($GRADALIGN_VLLM_PYTHON, else this interpreter if it has vLLM, else .venv-vllm from
+    `bash .ci/vllm-cpu --build-only`); None when there is none (the section says how to get one)."""
+    if name != "rollout_vllm":
+        return sys.executable
+    import importlib.util
+    import os
+
+    env = os.environ.get("GRADALIGN_VLLM_PYTHON")
+    if env:
+        return env
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = C.ROOT / ".venv-vllm" / "bin" / "python"
+    return str(venv) if venv.exists() else None
 
 
 def main() -> None:
@@ -44,7 +63,13 @@ def main() -> None:
             if a.only and name not in a.only:
                 continue
             js = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, str(here / script), "--threads", str(a.threads), "--json", str(js)] + (["--quick"] if a.quick else [])
+            py = _python_for(name)
+            if py is None:
+                why = "skipped: no Python with vLLM here (build one: `bash .ci/vllm-cpu --build-only`, or set GRADALIGN_VLLM_PYTHON)"
+                print(f"== {name}: {why}", flush=True)
+                results[name] = {"name": name, "headline": why, "markdown": f"## {name}\n\n{why}.", "elapsed_s": 0.0}
+                continue
+            cmd = [py, str(here / script), "--threads", str(a.threads), "--json", str(js)] + (["--quick"] if a.quick else [])
             print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
             rc = subprocess.run(cmd, cwd=C.ROOT).returncode

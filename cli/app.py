@@ -151,10 +151,11 @@ def diagnose_cmd(
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="output folder (replaced if it holds a previous demo)"),
+    backend: str = typer.Option("hf", "--backend", help="rollout backend: hf | vllm (needs vLLM installed)"),
 ) -> None:
     """Run the bundled demo config on the embedded world (under a minute on 2 CPU cores).
 
-    Example: gradalign demo --out runs/demo
+    Example: gradalign demo --out runs/demo --backend hf
     """
     import shutil
 
@@ -162,7 +163,7 @@ def demo(
 
     if out.exists() and (out / "shards" / "run.json").exists():
         shutil.rmtree(out)
-    _run_diagnose(data_dir() / "configs" / "demo.toml", out, [], False, 8)
+    _run_diagnose(data_dir() / "configs" / "demo.toml", out, [f"sampling.backend={backend}"], False, 8)
 
 
 @app.command("validate")

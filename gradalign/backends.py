@@ -3,7 +3,10 @@
 Owns: the one interface the engine samples through (`Sampler.sample(prompts, seeds, max_new)`),
 the transformers implementation (a thin wrapper over `generation.sample`), and the vLLM
 implementation on the offline `LLM` API (token-id prompts, one request per continuation with its
-own seed, prefix caching on so branches that share long prefixes reuse their KV cache). Teacher and
+own seed, prefix caching on so branches that share long prefixes reuse their KV cache; vLLM fans
+`n > 1` out into child requests the same way, so per-continuation seeds cost nothing extra), the
+checks that tell a user before start-up that vLLM cannot run their model here, and the one-time
+conversion of GGUF students into a folder vLLM reads (vLLM 0.32 dropped GGUF loading). Teacher and
 student scoring stay on transformers in every case (`scoring`): vLLM's prompt logprobs are top-k
 only, and gradalign needs full-vocabulary distributions.
 Does not own what to sample (the engine) or how continuations are graded.
@@ -14,8 +17,13 @@ Seeds derive from the same stable ids under both backends; the samples differ be
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from gradalign.generation import Completion, SamplingParams, sample
@@ -26,6 +34,110 @@ VLLM_INSTALL_HINT = (
     "sampling.backend = \"vllm\" needs vLLM: pip install 'gradalign[vllm]' on a GPU machine, or "
     "`bash .ci/vllm-cpu` to build the CPU vLLM virtualenv and run its tests"
 )
+
+
+def vllm_memory_fraction(requested: float, free_bytes: int, total_bytes: int) -> float:
+    """The `gpu_memory_utilization` handed to vLLM on an accelerator.
+
+    vLLM reserves that share of the device's *total* memory and refuses to start if it is not free.
+    gradalign keeps its transformers student and teachers on the same device for full-vocabulary
+    scoring, so `requested = 0` (auto) gives vLLM half of what is free when the engine starts
+    (after those models are loaded) and leaves the other half for scoring activations.
+    """
+    if requested > 0:
+        return requested
+    if total_bytes <= 0:
+        raise ValueError("total_bytes must be positive")
+    return max(0.01, round(0.5 * free_bytes / total_bytes, 4))
+
+
+@dataclass(frozen=True)
+class VLLMPlatform:
+    """Where the installed vLLM runs: `on_cpu`, and its CPU attention head sizes (None = unknown)."""
+
+    on_cpu: bool
+    cpu_head_sizes: tuple[int, ...] | None = None
+
+
+def vllm_unsupported_reason(model_config: dict, platform: VLLMPlatform) -> str | None:
+    """Why vLLM cannot run a model with this `config.json` here, or None.
+
+    vLLM's CPU attention kernels take a fixed list of head sizes (`platform.cpu_head_sizes`, read
+    from the installed vLLM); its GPU kernels take any multiple of 8 up to 256. A model outside them fails
+    deep inside the engine after minutes of start-up, so preflight asks first.
+    """
+    heads = model_config.get("num_attention_heads")
+    hidden = model_config.get("hidden_size")
+    head = model_config.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None)
+    if not isinstance(head, int):
+        return None
+    sizes = platform.cpu_head_sizes
+    if platform.on_cpu and sizes is not None and head not in sizes:
+        return (f"vLLM's CPU attention does not support head size {head} "
+                f"(supported: {', '.join(map(str, sizes))}); use sampling.backend = \"hf\" or run on a GPU")
+    if not platform.on_cpu and (head % 8 or head > 256):
+        return f"vLLM's attention kernels need a head size that is a multiple of 8 up to 256 (this model: {head}); use sampling.backend = \"hf\""
+    return None
+
+
+def vllm_platform() -> VLLMPlatform:
+    """Inspect the installed vLLM (imports it: seconds)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return VLLMPlatform(on_cpu=False)
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        return VLLMPlatform(True, tuple(CPUAttentionBackend.get_supported_head_sizes()))
+    except (ImportError, AttributeError):  # another vLLM layout: let the engine decide
+        return VLLMPlatform(True, None)
+
+
+def cache_dir() -> Path:
+    """Where gradalign keeps derived files between runs: $GRADALIGN_CACHE, else ~/.cache/gradalign."""
+    return Path(os.environ.get("GRADALIGN_CACHE") or Path.home() / ".cache" / "gradalign")
+
+
+def gguf_as_folder(model, tokenizer, *, content_hash: str, gguf_file: str, dtype: str) -> str:
+    """A safetensors folder holding `model` (already dequantised from `gguf_file` by transformers)
+    and its tokenizer, for vLLM. Written once per (content hash, file, dtype) under `cache_dir()`,
+    atomically (a temp folder renamed into place), so concurrent or killed runs never see half a
+    model; later runs reuse it."""
+    key = hashlib.blake2b(f"{content_hash}|{gguf_file}|{dtype}".encode(), digest_size=8).hexdigest()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(gguf_file).stem)[:60]
+    root = cache_dir() / "gguf" / f"{name}-{key}"
+    if (root / "config.json").exists():
+        return str(root)
+    tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("writing %s as a safetensors folder for vLLM: %s", gguf_file, root)
+    _save_plain(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(root)
+
+
+def _save_plain(model, folder: Path) -> None:
+    """config.json + model.safetensors of a transformers model loaded from GGUF (whose
+    `save_pretrained` refuses: the config still names the GGUF quantisation). Tied output weights
+    are stored once, under the input embedding's name, as vLLM expects."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads(model.config.to_json_string(use_diff=False))
+    cfg.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        out = model.get_output_embeddings()
+        state = {k: v for k, v in state.items() if not (out is not None and v.data_ptr() == out.weight.data_ptr() and k.startswith("lm_head"))}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"))
 
 
 @dataclass
@@ -45,25 +157,27 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """Samples with vLLM's offline engine, loaded from the same model folder as the student."""
+    """Samples with vLLM's offline engine, loaded from the student's model folder or hub id
+    (`source`; a GGUF student arrives here as `gguf_as_folder`'s output)."""
 
     def __init__(self, source: str, params: SamplingParams, *, eos_id: int, dtype: str = "float32",
-                 gguf_file: str = "", max_model_len: int | None = None, seed: int = 0):
+                 revision: str = "", max_model_len: int | None = None, seed: int = 0, memory_fraction: float = 0.0):
         try:
             from vllm import LLM
         except ImportError:
             raise ImportError(VLLM_INSTALL_HINT) from None
-        import os
-
         import torch
 
-        model = os.path.join(source, gguf_file) if gguf_file else source
-        kw = {"tokenizer": source} if gguf_file else {}
-        if not torch.cuda.is_available():
+        kw: dict = {"revision": revision} if revision else {}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            kw["gpu_memory_utilization"] = vllm_memory_fraction(memory_fraction, free, total)
+            log.info("vLLM engine gets %.0f%% of GPU memory", 100 * kw["gpu_memory_utilization"])
+        else:
             # On the CPU build this fraction reserves host memory for the KV cache; the default
             # (0.92 of a NUMA node) fails beside other processes and the tiny models need little.
             kw["gpu_memory_utilization"] = 0.25
-        self.llm = LLM(model=model, dtype=dtype, seed=seed, enable_prefix_caching=True,
+        self.llm = LLM(model=source, dtype=dtype, seed=seed, enable_prefix_caching=True,
                        max_model_len=max_model_len, **kw)
         self.params = params
         self.eos_id = eos_id
@@ -99,10 +213,17 @@ class VLLMSampler:
         self.llm = None
 
 
-def make_sampler(backend: str, *, model, source: str, params: SamplingParams, eos_id: int, pad_id: int,
-                 dtype: str = "float32", gguf_file: str = "", seed: int = 0):
+def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
+                 memory_fraction: float = 0.0):
+    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
+    tok = student.tokenizer
     if backend == "hf":
-        return HFSampler(model, params, eos_id, pad_id)
+        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id)
     if backend == "vllm":
-        return VLLMSampler(source, params, eos_id=eos_id, dtype=dtype, gguf_file=gguf_file, seed=seed)
+        ref = student.ref
+        source = ref.source
+        if ref.gguf_file:
+            source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
+        return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
+                           memory_fraction=memory_fraction)
     raise ValueError(f"sampling.backend: unknown backend {backend!r} (hf | vllm)")

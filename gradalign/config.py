@@ -134,6 +134,10 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 64
+    # vLLM only: share of the accelerator's memory its engine may take (weights + KV cache).
+    # 0 = auto: half of what is free once the transformers student and teachers are loaded, so
+    # teacher scoring keeps room beside the engine. Ignored by the hf backend and on CPU.
+    vllm_memory_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -645,6 +649,7 @@ def _parse_sampling(s: _Section) -> SamplingConfig:
         top_p=s.float("top_p", gt=0, le=1),
         top_k=s.int("top_k", lo=0),
         batch_size=s.int("batch_size", lo=1),
+        vllm_memory_fraction=s.float("vllm_memory_fraction", ge=0, lt=1),
     )
 
 

@@ -122,9 +122,8 @@ def _load_world(cfg: RunConfig) -> _World:
     from gradalign.backends import make_sampler
 
     sampler = make_sampler(
-        cfg.sampling.backend, model=student.model, source=sref.source, params=_params(cfg),
-        eos_id=student.tokenizer.eos_token_id, pad_id=student.tokenizer.pad_token_id,
-        dtype=cfg.student.dtype, gguf_file=cfg.student.gguf_file, seed=cfg.run.seed,
+        cfg.sampling.backend, student=student, params=_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
+        memory_fraction=cfg.sampling.vllm_memory_fraction,
     )
     grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
     return _World(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, hashes, sampler)
@@ -227,13 +226,17 @@ class _NodeDists:
     teachers: dict
 
 
-def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list, prefix_hashes: dict) -> dict:
-    """Per-token statistics for every rollout x config (appended to token_rows) and node dists."""
+def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_cols: dict, prefix_hashes: dict) -> dict:
+    """Per-token statistics for every rollout x config, appended column-wise to `token_cols`
+    ({column: list}, the tokens table's columns), and the full distributions at node positions."""
     from gradalign.scoring import ScoreRequest, score
+    from gradalign.tables import COLUMNS
     from gradalign.tasks import encode_prefix, render
 
     cfg, tok = world.cfg, world.tokenizer
     tau, beta = cfg.sampling.temperature, cfg.distill.jsd_beta
+    cols = {c: token_cols.setdefault(c, []) for c, _, _ in COLUMNS["tokens"]}
+    texts: dict[int, str] = {}  # token id -> decoded text, once per id
     nodes_of = [tuple(n.position for n in p.nodes) for p in plans]
     dists: dict[tuple[int, int], _NodeDists] = {}
     # rollouts scored together: bounds the [T, V] float32 matrices alive at once (student + one teacher)
@@ -244,8 +247,17 @@ def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list,
         idx = list(range(g0, min(g0 + group, len(rollouts))))
         sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].completion.token_ids, nodes_of[i]) for i in idx]
         s_out = score(world.student, sreq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)
+        s_lists = {}
         for k, i in enumerate(idx):
-            dists[(rollouts[i].qid, rollouts[i].rid)] = _NodeDists(s_out[k].node_logp, {})
+            r = rollouts[i]
+            dists[(r.qid, r.rid)] = _NodeDists(s_out[k].node_logp, {})
+            ids = list(r.completion.token_ids)
+            for t in ids:
+                if t not in texts:
+                    texts[t] = tok.decode([t])
+            branched = set(nodes_of[i])
+            s_lists[i] = (ids, [texts[t] for t in ids], s_out[k].token_logprob.tolist(), s_out[k].entropy.tolist(),
+                          [p in branched for p in range(len(ids))])
         for teacher in world.teachers:
             treq = []
             for i in idx:
@@ -262,21 +274,22 @@ def _score(world: _World, rollouts: Sequence[_Rollout], plans, token_rows: list,
                 if T == 0:
                     continue
                 lp, lq = s.logp_full.double(), t.logp_full.double()
-                kl_pq = G.kl(lp, lq).tolist()
-                kl_qp = G.kl(lq, lp).tolist()
-                jsd = G.jsd(lp, lq, beta).tolist()
-                dcos = G.distribution_cosine(lp, lq).tolist()
-                branched = set(nodes_of[i])
-                ids = r.completion.token_ids
-                for pos in range(T):
-                    token_rows.append({
-                        "question_id": r.qid, "rollout_id": r.rid, "config": teacher.name, "position": pos,
-                        "token_id": ids[pos], "token_text": tok.decode([ids[pos]]),
-                        "student_logprob": float(s.token_logprob[pos]), "student_entropy": float(s.entropy[pos]),
-                        "teacher_logprob": float(t.token_logprob[pos]), "teacher_entropy": float(t.entropy[pos]),
-                        "kl_pq": kl_pq[pos], "kl_qp": kl_qp[pos], "jsd": jsd[pos], "dist_cos": dcos[pos],
-                        "branched": pos in branched,
-                    })
+                ids, txt, s_lp, s_ent, br = s_lists[i]
+                cols["question_id"] += [r.qid] * T
+                cols["rollout_id"] += [r.rid] * T
+                cols["config"] += [teacher.name] * T
+                cols["position"] += range(T)
+                cols["token_id"] += ids
+                cols["token_text"] += txt
+                cols["student_logprob"] += s_lp
+                cols["student_entropy"] += s_ent
+                cols["teacher_logprob"] += t.token_logprob.tolist()
+                cols["teacher_entropy"] += t.entropy.tolist()
+                cols["kl_pq"] += G.kl(lp, lq).tolist()
+                cols["kl_qp"] += G.kl(lq, lp).tolist()
+                cols["jsd"] += G.jsd(lp, lq, beta).tolist()
+                cols["dist_cos"] += G.distribution_cosine(lp, lq).tolist()
+                cols["branched"] += br
             del t_out
         del s_out
     return dists
@@ -509,9 +522,9 @@ def _process_shard(world: _World, rows: Sequence[dict], progress: Progress | Non
     timings["select"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    token_rows: list[dict] = []
+    token_cols: dict[str, list] = {}
     prefix_hashes: dict = {}
-    dists = _score(world, rollouts, plans, token_rows, prefix_hashes)
+    dists = _score(world, rollouts, plans, token_cols, prefix_hashes)
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -536,7 +549,7 @@ def _process_shard(world: _World, rows: Sequence[dict], progress: Progress | Non
         for r in rollouts
     ]
     return {
-        "tables": {"rollouts": rollout_rows, "tokens": token_rows, "nodes": node_rows, "alignment": align_rows},
+        "tables": {"rollouts": rollout_rows, "tokens": token_cols, "nodes": node_rows, "alignment": align_rows},
         "timings": timings,
         "continuations": n_cont,
         "prefix_hashes": {f"{q}|{c}": h for (q, c), h in prefix_hashes.items()},

@@ -32,16 +32,20 @@ class PreflightReport:
     max_positions: int | None
 
 
+def _model_config(source: str) -> dict:
+    cfg = Path(source) / "config.json"
+    if not cfg.exists():
+        return {}
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PreflightError(f"{cfg}: unreadable model config ({e})") from None
+
+
 def _max_positions(source: str, is_local: bool) -> int | None:
     if not is_local:
         return None
-    cfg = Path(source) / "config.json"
-    if not cfg.exists():
-        return None
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PreflightError(f"{cfg}: unreadable model config ({e})") from None
+    data = _model_config(source)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(data.get(key), int):
             return data[key]
@@ -78,6 +82,12 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
         raise PreflightError(f"student.model: {e}") from None
     if sref.is_local and not sref.gguf_file and not (Path(sref.source) / "config.json").exists():
         raise PreflightError(f"student.model: {sref.source} has no config.json (not a Hugging Face model folder)")
+    if cfg.sampling.backend == "vllm" and sref.is_local and not sref.gguf_file:
+        from gradalign.backends import vllm_platform, vllm_unsupported_reason
+
+        why = vllm_unsupported_reason(_model_config(sref.source), vllm_platform())
+        if why:
+            raise PreflightError(f"sampling.backend: {why} (student {cfg.student.model!r})")
     trefs = {}
     for i, t in enumerate(cfg.teachers):
         if t.model != "student":

@@ -237,6 +237,7 @@ BAD_INPUTS = [
     ("bad-dtype", _with(("student", "dtype"), "fp32"), "student.dtype: must be one of 'float32', 'bfloat16', 'float16'"),
     ("bad-device", _with(("student", "device"), "gpu"), "student.device: must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
     ("bad-backend", _with(("sampling", "backend"), "sglang"), "sampling.backend: must be one of 'hf', 'vllm'"),
+    ("vllm-memory-one", _with(("sampling", "vllm_memory_fraction"), 1.0), "sampling.vllm_memory_fraction: must be"),
     ("empty-model", _with(("student", "model"), ""), "student.model: must be a non-empty string"),
     ("run-name-newline", _with(("run", "name"), "a\nb"), "run.name: must not contain control characters"),
 ]

@@ -1,5 +1,5 @@
 """End to end on the embedded world: `gradalign demo` writes the four documented tables and a
-manifest; the tables are internally consistent."""
+manifest; the tables are internally consistent. Runs once per rollout backend (`backend` fixture)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, load
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, backend):
     out = tmp_path_factory.mktemp("demo") / "run"
-    r = subprocess.run([sys.executable, "-m", "gradalign", "demo", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "gradalign", "demo", "--out", str(out), "--backend", backend]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r.stdout
 
 
-def test_demo_writes_tables_with_documented_columns(demo_run):
+def test_demo_writes_tables_with_documented_columns(demo_run, backend):
     out, stdout = demo_run
     t = load(out)
     for name in TABLES:
@@ -33,6 +34,7 @@ def test_demo_writes_tables_with_documented_columns(demo_run):
     assert m["row_counts"] == {name: len(getattr(t, name)) for name in TABLES}
     assert m["models"]["student"]["hash"] and m["versions"]["torch"]
     assert "mean cos" in stdout
+    assert m["config"]["sampling"]["backend"] == backend
 
 
 def test_demo_tables_are_consistent(demo_run):

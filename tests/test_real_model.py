@@ -29,13 +29,15 @@ def _smollm2_dir():
     return d
 
 
-def test_diagnose_smollm2_self_distillation(tmp_path):
+def test_diagnose_smollm2_self_distillation(tmp_path, backend, monkeypatch):
+    """Under vLLM the GGUF student is first written once as a safetensors folder (vLLM reads no GGUF)."""
     import reasoning_gym as rg
 
     from gradalign.config import config_from_dict, default_config_dict
     from gradalign.engine import diagnose
 
     model_dir = _smollm2_dir()
+    monkeypatch.setenv("GRADALIGN_CACHE", str(tmp_path / "cache"))
     ds = rg.create_dataset("basic_arithmetic", size=2, seed=1, min_terms=2, max_terms=2, min_digits=1, max_digits=2)
     rows = [{"id": f"ba-{i}", "question": e["question"], "answer": str(e["answer"])} for i, e in enumerate(ds)]
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -43,7 +45,7 @@ def test_diagnose_smollm2_self_distillation(tmp_path):
     d["task"] = {"path": str(tmp_path / "task.jsonl"), "prompt": "{question} Reply with just the number.",
                  "grader": "python:grader_fixtures:last_number_equals", "chat": True}
     d["student"] = {"model": model_dir, "gguf_file": GGUF}
-    d["sampling"].update({"rollouts_per_question": 2, "max_new_tokens": 16, "batch_size": 32})
+    d["sampling"].update({"rollouts_per_question": 2, "max_new_tokens": 16, "batch_size": 32, "backend": backend})
     d["branching"].update({"selector": "logspace", "nodes_per_window": 1, "continuations": 2, "top_k": 1, "residual": False})
     d["teachers"] = [{"name": "self-answer", "model": "student", "context": "The correct answer is {answer}.\n"}]
     run = diagnose(config_from_dict(d), tmp_path / "run")
@@ -56,3 +58,5 @@ def test_diagnose_smollm2_self_distillation(tmp_path):
     # 49k-token vocabulary: candidate ids beyond the toy world's range occur
     assert t.nodes.candidate_id.max() > 1000
     assert run.manifest["teacher_prefix_hashes"]
+    if backend == "vllm":
+        assert list((tmp_path / "cache" / "gguf").glob("SmolLM2-135M-Instruct.Q4_1-*/config.json"))

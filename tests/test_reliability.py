@@ -1,5 +1,5 @@
 """Crash safety and determinism: a run killed with SIGKILL resumes to the same tables as a clean run,
-and the same config and seed give bit-identical tables."""
+and the same config and seed give bit-identical tables. Runs once per rollout backend."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from gradalign.tasks import data_dir
 SMALL = ["--set", "task.limit=3", "--set", "sampling.rollouts_per_question=2", "--set", "branching.continuations=4"]
 
 
-def _diagnose(out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "gradalign", "diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out), "--shard-size", "1", *SMALL, *extra]
+def _diagnose(out, backend, *extra, wait=True):
+    cmd = [sys.executable, "-m", "gradalign", "diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out),
+           "--shard-size", "1", *SMALL, "--set", f"sampling.backend={backend}", *extra]
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -31,25 +32,25 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
+def clean_run(tmp_path_factory, backend):
     out = tmp_path_factory.mktemp("clean") / "run"
-    r = _diagnose(out)
+    r = _diagnose(out, backend)
     assert r.returncode == 0, r.stderr
     return out
 
 
-def test_same_seed_gives_bit_identical_tables(clean_run, tmp_path):
-    r = _diagnose(tmp_path / "again")
+def test_same_seed_gives_bit_identical_tables(clean_run, tmp_path, backend):
+    r = _diagnose(tmp_path / "again", backend)
     assert r.returncode == 0, r.stderr
     a, b = load(clean_run), load(tmp_path / "again")
     for name in TABLES:
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
 
 
-def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path):
+def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path, backend):
     out = tmp_path / "killed"
-    proc = _diagnose(out, wait=False)
-    deadline = time.time() + 300
+    proc = _diagnose(out, backend, wait=False)
+    deadline = time.time() + 600
     while time.time() < deadline and not (out / "shards" / "00000" / "shard.json").exists():
         time.sleep(0.2)
     assert (out / "shards" / "00000" / "shard.json").exists(), "first shard never finished"
@@ -58,7 +59,7 @@ def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path):
     assert not (out / "manifest.json").exists()
     with pytest.raises(Exception):
         load(out)  # an incomplete run is refused, not half-read
-    r = _diagnose(out, "--resume")
+    r = _diagnose(out, backend, "--resume")
     assert r.returncode == 0, r.stderr
     resumed, clean = load(out), load(clean_run)
     assert resumed.manifest["shards"]["resumed"] >= 1
@@ -66,10 +67,10 @@ def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path):
         pd.testing.assert_frame_equal(_sorted(getattr(resumed, name)), _sorted(getattr(clean, name)), check_exact=True)
 
 
-def test_refuses_to_resume_with_a_different_config(clean_run, tmp_path):
+def test_refuses_to_resume_with_a_different_config(clean_run, tmp_path, backend):
     import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(clean_run, out)
-    r = _diagnose(out, "--resume", "--set", "run.seed=7")
+    r = _diagnose(out, backend, "--resume", "--set", "run.seed=7")
     assert r.returncode == 2 and "different config" in r.stderr
