@@ -6,11 +6,15 @@ top-k/top-p when a config asks for it), and the per-sequence seeding that makes 
 depend only on its own seed, never on which batch it landed in. Does not own what to sample (the
 engine builds prompts), grading, or teacher scoring.
 
-Sampling is Gumbel-max: `generate` runs greedy decoding over logits/temperature + Gumbel noise,
-and the noise for sequence i comes from its own `torch.Generator` seeded with `seeds[i]`. argmax of
-logits + Gumbel(0, 1) noise is an exact sample from the softmax, so this is unbiased sampling, and
-reproducible per sequence (resume and re-batching give the same tokens up to float
-non-associativity of batched matmuls).
+Sampling is Gumbel-max: `generate` runs greedy decoding over logits/temperature + Gumbel noise.
+argmax of logits + Gumbel(0, 1) noise is an exact sample from the softmax, so this is unbiased
+sampling. The noise is counter-based: the uniform for (sequence seed s, decode step t, vocab id v)
+is a SplitMix64 hash of (s, t, v), computed for the whole [B, V] batch in a few integer ops on the
+model's device. A sequence's sample therefore depends only on its own seed, never on its batch
+(resume and re-batching give the same tokens up to float non-associativity of batched matmuls),
+and no per-row generator, host-side random draw or host-to-device copy sits in the decode loop.
+Rows stop at their own allowance (a stopping criterion), so a batch ends when its last live row
+does.
 """
 
 from __future__ import annotations
@@ -67,25 +71,69 @@ def truncate_logits(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return scores
 
 
-class _GumbelPerRow:
-    """LogitsProcessor: returns logits/temperature (+ truncation) + per-row Gumbel noise."""
+def _i64(x: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 torch stores."""
+    return x - (1 << 64) if x >= (1 << 63) else x
 
-    def __init__(self, seeds: Sequence[int], params: SamplingParams, device: torch.device):
+
+_GOLDEN = _i64(0x9E3779B97F4A7C15)
+_MIX1 = _i64(0xBF58476D1CE4E5B9)
+_MIX2 = _i64(0x94D049BB133111EB)
+
+
+def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function on int64 tensors (arithmetic mod 2^64, two's complement)."""
+    z = z + _GOLDEN
+    z = (z ^ _srl(z, 30)) * _MIX1
+    z = (z ^ _srl(z, 27)) * _MIX2
+    return z ^ _srl(z, 31)
+
+
+def counter_uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1) of shape [B, V], float64: entry (i, v) is a hash of (seeds[i], step, v).
+
+    seeds: [B] int64 on the target device. Row i's key is splitmix64(seeds[i] ^ splitmix64(step));
+    entry v is the top 53 bits of splitmix64(key + (v + 1) * golden), i.e. the v-th draw of a
+    SplitMix64 stream started at the key, shifted by half a unit so it is never 0 or 1.
+    """
+    dev = seeds.device
+    key = splitmix64(seeds ^ splitmix64(torch.tensor(step, dtype=torch.int64, device=dev)))
+    v = torch.arange(1, vocab + 1, dtype=torch.int64, device=dev) * _GOLDEN
+    z = splitmix64(key[:, None] + v[None, :])
+    return (_srl(z, 11).to(torch.float64) + 0.5) * (2.0**-53)
+
+
+class _GumbelCounter:
+    """LogitsProcessor: logits/temperature (+ truncation) + Gumbel noise from `counter_uniform`,
+    keyed by each row's seed and its decode step (tokens generated so far)."""
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams, prompt_width: int, device: torch.device):
         self.params = params
-        self.gens = []
-        for s in seeds:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(s) % (2**63))
-            self.gens.append(g)
-        self.device = device
+        self.width = prompt_width
+        self.seeds = torch.tensor([_i64(int(s) % (1 << 64)) for s in seeds], dtype=torch.int64, device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.params.temperature
         scores = truncate_logits(scores, self.params.top_k, self.params.top_p)
-        V = scores.shape[-1]
-        u = torch.stack([torch.rand(V, generator=g, dtype=torch.float64) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp_(1e-300, 1.0 - 1e-16)))
-        return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
+        u = counter_uniform(self.seeds.to(scores.device), input_ids.shape[1] - self.width, scores.shape[-1])
+        return scores + (-torch.log(-torch.log(u))).to(scores.dtype)
+
+
+class _RowAllowance:
+    """StoppingCriteria: row r is done once it has generated allow[r] tokens (EOS is handled by
+    generate itself), so rows with short allowances stop holding their batch open."""
+
+    def __init__(self, allow: Sequence[int], prompt_width: int, device: torch.device):
+        self.allow = torch.tensor(list(allow), dtype=torch.long, device=device)
+        self.width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.width) >= self.allow.to(input_ids.device)
 
 
 def sample(
@@ -107,7 +155,7 @@ def sample(
     Prompts are sorted by length and grouped into batches of `params.batch_size` to limit padding;
     results come back in input order.
     """
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -134,7 +182,8 @@ def sample(
             p = list(prompts[i])
             ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p) :] = 1
-        proc = _GumbelPerRow([seeds[i] for i in idx], params, device)
+        proc = _GumbelCounter([seeds[i] for i in idx], params, width, device)
+        stop = _RowAllowance([allow[i] for i in idx], width, device)
         gen_cfg.max_new_tokens = max(allow[i] for i in idx)
         with torch.inference_mode():
             seqs = model.generate(
@@ -142,6 +191,7 @@ def sample(
                 attention_mask=mask.to(device),
                 generation_config=gen_cfg,
                 logits_processor=LogitsProcessorList([proc]),
+                stopping_criteria=StoppingCriteriaList([stop]),
             )
         new = seqs[:, width:].tolist()
         for r, i in enumerate(idx):
