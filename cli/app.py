@@ -151,7 +151,7 @@ def diagnose_cmd(
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="output folder (replaced if it holds a previous demo)"),
-    backend: str = typer.Option("hf", "--backend", help="rollout backend: hf | vllm (needs vLLM installed)"),
+    backend: str = typer.Option("hf", "--backend", help="rollout backend: hf | vllm (needs vLLM; runs eager: the models are tiny)"),
 ) -> None:
     """Run the bundled demo config on the embedded world (under a minute on 2 CPU cores).
 
@@ -163,7 +163,8 @@ def demo(
 
     if out.exists() and (out / "shards" / "run.json").exists():
         shutil.rmtree(out)
-    _run_diagnose(data_dir() / "configs" / "demo.toml", out, [f"sampling.backend={backend}"], False, 8)
+    sets = [f"sampling.backend={backend}"] + (["sampling.vllm_eager=true"] if backend == "vllm" else [])
+    _run_diagnose(data_dir() / "configs" / "demo.toml", out, sets, False, 8)
 
 
 @app.command("validate")

@@ -161,7 +161,8 @@ class VLLMSampler:
     (`source`; a GGUF student arrives here as `gguf_as_folder`'s output)."""
 
     def __init__(self, source: str, params: SamplingParams, *, eos_id: int, dtype: str = "float32",
-                 revision: str = "", max_model_len: int | None = None, seed: int = 0, memory_fraction: float = 0.0):
+                 revision: str = "", max_model_len: int | None = None, seed: int = 0, memory_fraction: float = 0.0,
+                 eager: bool = False):
         try:
             from vllm import LLM
         except ImportError:
@@ -178,7 +179,7 @@ class VLLMSampler:
             # (0.92 of a NUMA node) fails beside other processes and the tiny models need little.
             kw["gpu_memory_utilization"] = 0.25
         self.llm = LLM(model=source, dtype=dtype, seed=seed, enable_prefix_caching=True,
-                       max_model_len=max_model_len, **kw)
+                       max_model_len=max_model_len, enforce_eager=eager, **kw)
         self.params = params
         self.eos_id = eos_id
 
@@ -214,7 +215,7 @@ class VLLMSampler:
 
 
 def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
-                 memory_fraction: float = 0.0):
+                 memory_fraction: float = 0.0, eager: bool = False):
     """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
     tok = student.tokenizer
     if backend == "hf":
@@ -225,5 +226,5 @@ def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = 
         if ref.gguf_file:
             source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
         return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
-                           memory_fraction=memory_fraction)
+                           memory_fraction=memory_fraction, eager=eager)
     raise ValueError(f"sampling.backend: unknown backend {backend!r} (hf | vllm)")

@@ -123,7 +123,7 @@ def _load_world(cfg: RunConfig) -> _World:
 
     sampler = make_sampler(
         cfg.sampling.backend, student=student, params=_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
-        memory_fraction=cfg.sampling.vllm_memory_fraction,
+        memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager,
     )
     grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
     return _World(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, hashes, sampler)

@@ -48,7 +48,8 @@ def _config(root: Path, M: int, seed: int, top_k: int = 6, rollouts: int = 6, ba
     d["run"] = {"name": "enum", "seed": seed}
     d["task"] = {"path": str(root / "task.jsonl"), "prompt": "{question}", "grader": "python:grader_fixtures:odd_a"}
     d["student"] = {"model": str(root / "student")}
-    d["sampling"].update({"rollouts_per_question": rollouts, "max_new_tokens": L, "batch_size": 512, "backend": backend})
+    d["sampling"].update({"rollouts_per_question": rollouts, "max_new_tokens": L, "batch_size": 512, "backend": backend,
+                          "vllm_eager": backend == "vllm"})
     d["branching"].update({"selector": "every", "continuations": M, "top_k": top_k, "max_candidates": 6, "residual": True})
     d["teachers"] = [
         {"name": "self-hint", "model": "student", "context": "{hint}"},

@@ -45,7 +45,8 @@ def test_diagnose_smollm2_self_distillation(tmp_path, backend, monkeypatch):
     d["task"] = {"path": str(tmp_path / "task.jsonl"), "prompt": "{question} Reply with just the number.",
                  "grader": "python:grader_fixtures:last_number_equals", "chat": True}
     d["student"] = {"model": model_dir, "gguf_file": GGUF}
-    d["sampling"].update({"rollouts_per_question": 2, "max_new_tokens": 16, "batch_size": 32, "backend": backend})
+    d["sampling"].update({"rollouts_per_question": 2, "max_new_tokens": 16, "batch_size": 32, "backend": backend,
+                          "vllm_eager": backend == "vllm"})
     d["branching"].update({"selector": "logspace", "nodes_per_window": 1, "continuations": 2, "top_k": 1, "residual": False})
     d["teachers"] = [{"name": "self-answer", "model": "student", "context": "The correct answer is {answer}.\n"}]
     run = diagnose(config_from_dict(d), tmp_path / "run")

@@ -20,7 +20,8 @@ SMALL = ["--set", "task.limit=3", "--set", "sampling.rollouts_per_question=2", "
 
 def _diagnose(out, backend, *extra, wait=True):
     cmd = [sys.executable, "-m", "gradalign", "diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out),
-           "--shard-size", "1", *SMALL, "--set", f"sampling.backend={backend}", *extra]
+           "--shard-size", "1", *SMALL, "--set", f"sampling.backend={backend}",
+           "--set", f"sampling.vllm_eager={str(backend == 'vllm').lower()}", *extra]
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
