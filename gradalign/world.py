@@ -73,6 +73,9 @@ class BuildConfig:
     student_base_target: float = 0.45  # plain val accuracy of the checkpoint the student starts from
     student_context_steps: int = 900
     self_pool_size: int = 4096
+    # Saved models get attention heads zero-padded to this size (`widen_heads`: the same function):
+    # vLLM's CPU attention kernels take head sizes 32, 64, ... but not the trained 96 / 4 = 24.
+    export_head_dim: int = 32
     # The student's context fine-tune: copy-forced contexts teach it to use them; "self" targets
     # (its base checkpoint's own samples on plain prompts) keep its unaided skill where it was.
     student_context_mix: tuple[tuple[str, float], ...] = (
@@ -239,6 +242,56 @@ def new_model(tokenizer, size: ModelSize, seed: int):
     return LlamaForCausalLM(cfg)
 
 
+def widen_heads(model, head_dim: int):
+    """The same Llama function with attention heads zero-padded from d to `head_dim` = D dims.
+
+    Exact up to float rounding: per head, q/k/v rows (and o_proj columns) move to the new layout
+    with zeros in the added dims, which contribute nothing to q.k or to o_proj's input. Two
+    things keep the rest unchanged: q is scaled by sqrt(D/d), so q.k / sqrt(D) stays q.k / sqrt(d);
+    and RoPE's base becomes base^(D/d), so the new frequencies base'^(-2i/D) equal the old
+    base^(-2i/d) for the first d/2 pairs; HF rotates dim j with j + D/2, so old dims j < d/2 stay
+    at j and old dims d/2 + j move to D/2 + j. Returns `model` itself when d >= D.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    cfg = model.config
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    if d >= head_dim:
+        return model
+    if d % 2 or head_dim % 2:
+        raise ValueError(f"head sizes must be even (got {d} -> {head_dim})")
+    D, half, nhalf = head_dim, d // 2, head_dim // 2
+    to = torch.tensor([j if j < half else nhalf + j - half for j in range(d)])
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.head_dim = D
+    rope = dict(getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0})
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"widen_heads handles default RoPE only (got {rope.get('rope_type')})")
+    rope["rope_theta"] = float(rope["rope_theta"]) ** (D / d)
+    new_cfg.rope_parameters = rope
+
+    def rows(w, heads, scale=1.0):  # [heads * d, in] -> [heads * D, in]
+        out = torch.zeros(heads, D, *w.shape[1:], dtype=w.dtype)
+        out[:, to] = w.reshape(heads, d, *w.shape[1:]) * scale
+        return out.reshape(heads * D, *w.shape[1:])
+
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if k.endswith("self_attn.q_proj.weight") or k.endswith("self_attn.q_proj.bias"):
+            v = rows(v, H, (D / d) ** 0.5)
+        elif k.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias")):
+            v = rows(v, Hkv)
+        elif k.endswith("self_attn.o_proj.weight"):
+            v = rows(v.T, H).T.contiguous()
+        state[k] = v
+    wide = LlamaForCausalLM(new_cfg)
+    wide.load_state_dict(state)
+    return wide.eval()
+
+
 def train(model, tokenizer, examples, steps: int, cfg: BuildConfig, *, lr: float, on_eval=None, tag: str = ""):
     """AdamW with warmup + cosine decay; loss on target tokens only. Calls on_eval(step, model)."""
     import torch
@@ -350,15 +403,18 @@ def build(out: Path, cfg: BuildConfig, *, reuse_cache: bool = False) -> dict:
     key = json.dumps(_jsonable({k: v for k, v in asdict(cfg).items() if k in TEACHER_RUN_FIELDS}), sort_keys=True)
     cached = torch.load(cache, weights_only=False) if reuse_cache and cache.exists() else None
     if cached is not None and cached["key"] == key:
-        log.info("reusing the cached teacher run (%s)", cache)
-        checkpoints = cached["checkpoints"]
-        model.load_state_dict(checkpoints[-1]["state"])
-        model.eval()
+        # training never samples, so the cached states are what a fresh run trains; their
+        # evaluations sample, so they are re-measured with this code's sampler
+        log.info("reusing the cached teacher run (%s); re-measuring its checkpoints", cache)
+        for c in cached["checkpoints"]:
+            model.load_state_dict(c["state"])
+            model.eval()
+            on_eval(c["step"], model)
     else:
         train(model, tokenizer, examples, cfg.teacher_steps, cfg, lr=cfg.lr, on_eval=on_eval, tag="teacher-strong")
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "checkpoints": checkpoints}, cache)
-    _save(model, tokenizer, models_dir / "teacher-strong")
+    _save(model, tokenizer, models_dir / "teacher-strong", cfg.export_head_dim)
 
     # The student: an early checkpoint (about half right alone) taught to use privileged context
     # by a short fine-tune on context prompts only, so its own skill barely moves meanwhile.
@@ -381,13 +437,13 @@ def build(out: Path, cfg: BuildConfig, *, reuse_cache: bool = False) -> dict:
     chosen = choose_student(stages, cfg)
     student.load_state_dict(chosen["state"])
     student.eval()
-    _save(student, tokenizer, models_dir / "student")
+    _save(student, tokenizer, models_dir / "student", cfg.export_head_dim)
 
     flawed = new_model(tokenizer, cfg.size, cfg.seed)
     flawed.load_state_dict(model.state_dict())
     fl_examples = _stream_examples(cfg, random.Random(f"{cfg.seed}:flawed"), exclude, flawed=True, mix=(("none", 1.0),))
     train(flawed, tokenizer, fl_examples, cfg.flawed_steps, cfg, lr=cfg.lr / 3, tag="teacher-flawed")
-    _save(flawed, tokenizer, models_dir / "teacher-flawed")
+    _save(flawed, tokenizer, models_dir / "teacher-flawed", cfg.export_head_dim)
 
     report = {
         "seed": cfg.seed,
@@ -422,9 +478,11 @@ def choose_student(checkpoints: list[dict], cfg: BuildConfig) -> dict:
     return best
 
 
-def _save(model, tokenizer, path: Path) -> None:
+def _save(model, tokenizer, path: Path, head_dim: int = 0) -> None:
     if path.exists():
         shutil.rmtree(path)
+    if head_dim:
+        model = widen_heads(model, head_dim)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 
