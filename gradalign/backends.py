@@ -178,6 +178,10 @@ class VLLMSampler:
             # On the CPU build this fraction reserves host memory for the KV cache; the default
             # (0.92 of a NUMA node) fails beside other processes and the tiny models need little.
             kw["gpu_memory_utilization"] = 0.25
+            # vLLM (0.32, CPU) rewinds a seeded request's generator when a chunked prefill step
+            # discards its sample, and CPU generators cannot rewind ("CPU Generator does not use
+            # offset"): whole prefills avoid that path.
+            kw["enable_chunked_prefill"] = False
         self.llm = LLM(model=source, dtype=dtype, seed=seed, enable_prefix_caching=True,
                        max_model_len=max_model_len, enforce_eager=eager, **kw)
         self.params = params
