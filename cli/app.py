@@ -30,14 +30,15 @@ def build_world(
     out: Path = typer.Option(Path("data"), help="data folder to (re)write"),
     seed: int = typer.Option(0, help="seed for task generation and training"),
     smoke: bool = typer.Option(False, help="tiny sizes and a few steps (seconds; for tests)"),
+    reuse_cache: bool = typer.Option(False, "--reuse-cache", help="reuse the cached teacher run (models/.build_cache) if its settings match"),
 ) -> None:
     """Regenerate the embedded world (task files, tokenizer, student and teachers) from a seed.
 
-    Example: gradalign build-world --out data --seed 0
+    Example: gradalign build-world --out data --seed 0 --reuse-cache
     """
     from gradalign.world import main as world_main
 
-    argv = ["--out", str(out), "--seed", str(seed)] + (["--smoke"] if smoke else [])
+    argv = ["--out", str(out), "--seed", str(seed)] + (["--smoke"] if smoke else []) + (["--reuse-cache"] if reuse_cache else [])
     world_main(argv)
 
 

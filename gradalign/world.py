@@ -428,10 +428,10 @@ def build(out: Path, cfg: BuildConfig, *, reuse_cache: bool = False) -> dict:
     stages = []
 
     def on_ctx_eval(step, m):
-        plain = measure_accuracy(m, tokenizer, val_rows, "none", seed=10_000 + step)
-        sol = measure_accuracy(m, tokenizer, val_rows, "solution", seed=10_000 + step)
-        log.info("student context fine-tune step %d: plain %.2f solution %.2f", step, plain.rate, sol.rate)
-        stages.append({"step": step, "plain": plain.rate, "solution": sol.rate, "state": copy.deepcopy(m.state_dict())})
+        rates = {c: measure_accuracy(m, tokenizer, val_rows, c, seed=10_000 + step).rate for c in ("none", "solution", "summary", "answer")}
+        log.info("student context fine-tune step %d: plain %.2f solution %.2f summary %.2f answer %.2f", step, *rates.values())
+        stages.append({"step": step, "plain": rates["none"], "solution": rates["solution"], "summary": rates["summary"],
+                       "answer": rates["answer"], "state": copy.deepcopy(m.state_dict())})
 
     train(student, tokenizer, ctx_examples, cfg.student_context_steps, cfg, lr=cfg.lr / 2, on_eval=on_ctx_eval, tag="student-context")
     chosen = choose_student(stages, cfg)
@@ -464,14 +464,22 @@ def choose_base(checkpoints: list[dict], cfg: BuildConfig) -> dict:
     return min(checkpoints, key=lambda c: abs(c["plain"] - cfg.student_base_target))
 
 
+def _partial_contexts_between(c: dict) -> int:
+    """How many partial contexts (summary, answer hint) land between plain and solution accuracy."""
+    return sum(c["plain"] < c.get(k, -1.0) < c["solution"] for k in ("summary", "answer"))
+
+
 def choose_student(checkpoints: list[dict], cfg: BuildConfig) -> dict:
-    """First checkpoint in the plain-accuracy band that already uses the solution context well;
-    otherwise the one closest to the band's middle among those that use it; otherwise closest."""
+    """Among checkpoints in the plain-accuracy band that already use the solution context well, the
+    first with the most partial contexts (summary, answer hint) landing in between plain and
+    solution accuracy (what makes self-distillation configs differ); otherwise the one closest to
+    the band's middle among those that use the solution; otherwise the closest."""
     lo, hi = cfg.student_band
     mid = (lo + hi) / 2
     ok = [c for c in checkpoints if lo <= c["plain"] <= hi and c["solution"] >= cfg.student_solution_min]
     if ok:
-        return ok[0]
+        best = max(_partial_contexts_between(c) for c in ok)
+        return next(c for c in ok if _partial_contexts_between(c) == best)
     uses_ctx = [c for c in checkpoints if c["solution"] >= cfg.student_solution_min] or checkpoints
     best = min(uses_ctx, key=lambda c: abs(c["plain"] - mid))
     log.warning("no checkpoint in the student band %s; using step %d (plain %.2f)", cfg.student_band, best["step"], best["plain"])

@@ -116,3 +116,35 @@ def test_builder_smoke(tmp_path):
     again = tmp_path / "again"
     build(again, BuildConfig.smoke())
     assert (again / "tasks/addition/test.jsonl").read_text() == (tmp_path / "tasks/addition/test.jsonl").read_text()
+
+
+def test_widen_heads_keeps_the_function(tmp_path):
+    """Zero-padded heads (24 -> 32 dims, RoPE base adjusted, q rescaled) compute the same logits,
+    and greedy decoding through the KV cache gives the same tokens, after a save/load round trip."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gradalign.world import ModelSize, build_tokenizer, new_model, widen_heads
+
+    tok = build_tokenizer()
+    narrow = new_model(tok, ModelSize(hidden=48, layers=2, heads=2, ffn=64), seed=3).eval()
+    with torch.no_grad():
+        for p in narrow.parameters():
+            p.mul_(3.0)  # sharper attention than at init, so a wrong RoPE or scale would show
+    widen_heads(narrow, 32).save_pretrained(tmp_path / "wide")
+    wide = AutoModelForCausalLM.from_pretrained(tmp_path / "wide").eval()
+    assert wide.config.head_dim == 32 and wide.config.num_attention_heads == 2
+    x = torch.randint(4, len(tok), (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = narrow(x).logits, wide(x).logits
+        assert (a - b).abs().max() < 1e-4 * a.abs().max()
+        ga = narrow.generate(x[:, :5], max_new_tokens=20, do_sample=False, pad_token_id=0)
+        gb = wide.generate(x[:, :5], max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(ga, gb)
+    assert widen_heads(wide, 32) is wide  # already wide enough: unchanged
+
+
+def test_bundled_models_have_vllm_cpu_head_size():
+    for name in MODELS:
+        cfg = json.loads((data_dir() / "models" / name / "config.json").read_text())
+        assert cfg["head_dim"] == 32, name  # vLLM's CPU attention takes 32, 64, ... (not the trained 24)
