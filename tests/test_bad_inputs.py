@@ -125,3 +125,9 @@ def test_vllm_backend_without_vllm_gives_install_hint(tmp_path):
     r = CliRunner().invoke(app, ["validate", str(cfg)])
     assert r.exit_code == 2 and "pip install 'gradalign[vllm]'" in r.stderr
     assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1
+
+
+def test_demo_with_an_unknown_backend_fails_in_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["demo", "--backend", "sglang", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "sampling.backend: must be one of 'hf', 'vllm'" in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1 and not (tmp_path / "d").exists()
