@@ -101,6 +101,11 @@ def machine_info() -> dict:
     }
 
 
+def count_tokens(comps) -> int:
+    """Generated tokens of `Completion`s, EOS included (how every rollout benchmark counts)."""
+    return sum(len(c.token_ids) + int(c.ended_with_eos) for c in comps)
+
+
 def md_table(headers: list[str], rows: list[list]) -> str:
     def fmt(v):
         if isinstance(v, float):

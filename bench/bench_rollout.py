@@ -62,11 +62,6 @@ def _bare_generate(model, prompts, allow, batch_size, eos_id, pad_id):
     return tokens
 
 
-def _count(comps) -> int:
-    """Tokens of generation.sample completions, counted as in _bare_generate (EOS included)."""
-    return sum(len(c.token_ids) + int(c.ended_with_eos) for c in comps)
-
-
 class _BatchedGumbel:
     """Ablation only: logits/temperature + Gumbel noise from ONE generator for the whole batch
     (generation._GumbelCounter hashes (seed, step, id) per row instead). Not reproducible per row."""
@@ -184,18 +179,18 @@ def run(quick: bool = False, threads: int = 2) -> dict:
                 calls.clear()
                 grade_s[0] = 0.0
                 fn()
-                return _count(calls[-1][3]), grade_s[0]
+                return C.count_tokens(calls[-1][3]), grade_s[0]
             return go
 
         def sample_only(w, allow):
-            return lambda: (_count(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0)
+            return lambda: (C.count_tokens(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0)
 
         def ablation(w):
             def go():
                 real = generation._GumbelCounter
                 generation._GumbelCounter = _BatchedGumbel
                 try:
-                    return _count(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0
+                    return C.count_tokens(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0
                 finally:
                     generation._GumbelCounter = real
             return go

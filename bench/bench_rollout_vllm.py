@@ -34,10 +34,6 @@ def _count_outputs(results) -> int:
     return sum(len(o.token_ids) for r in results for o in r.outputs)
 
 
-def _count(comps) -> int:
-    return sum(len(c.token_ids) + int(c.ended_with_eos) for c in comps)
-
-
 def run(quick: bool = False, threads: int = 2) -> dict:
     from vllm import SamplingParams as VSP
     from vllm.inputs import TokensPrompt
@@ -92,11 +88,11 @@ def run(quick: bool = False, threads: int = 2) -> dict:
             def go():
                 calls.clear()
                 fn()
-                return _count(calls[-1][3])
+                return C.count_tokens(calls[-1][3])
             return go
 
         def sample_only(w):
-            return lambda: _count(real_sample(w[0], reseed(w[1]), w[2]))
+            return lambda: C.count_tokens(real_sample(w[0], reseed(w[1]), w[2]))
 
         def bare(w):
             def go():

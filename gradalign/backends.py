@@ -63,8 +63,9 @@ def vllm_unsupported_reason(model_config: dict, platform: VLLMPlatform) -> str |
     """Why vLLM cannot run a model with this `config.json` here, or None.
 
     vLLM's CPU attention kernels take a fixed list of head sizes (`platform.cpu_head_sizes`, read
-    from the installed vLLM); its GPU kernels take any multiple of 8 up to 256. A model outside them fails
-    deep inside the engine after minutes of start-up, so preflight asks first.
+    from the installed vLLM); a model outside it fails deep inside the engine after minutes of
+    start-up, so preflight asks first. On a GPU vLLM picks among several attention backends with
+    different limits, so nothing is refused here: only what the installed vLLM itself lists.
     """
     heads = model_config.get("num_attention_heads")
     hidden = model_config.get("hidden_size")
@@ -75,8 +76,6 @@ def vllm_unsupported_reason(model_config: dict, platform: VLLMPlatform) -> str |
     if platform.on_cpu and sizes is not None and head not in sizes:
         return (f"vLLM's CPU attention does not support head size {head} "
                 f"(supported: {', '.join(map(str, sizes))}); use sampling.backend = \"hf\" or run on a GPU")
-    if not platform.on_cpu and (head % 8 or head > 256):
-        return f"vLLM's attention kernels need a head size that is a multiple of 8 up to 256 (this model: {head}); use sampling.backend = \"hf\""
     return None
 
 

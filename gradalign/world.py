@@ -466,7 +466,7 @@ def choose_base(checkpoints: list[dict], cfg: BuildConfig) -> dict:
 
 def _partial_contexts_between(c: dict) -> int:
     """How many partial contexts (summary, answer hint) land between plain and solution accuracy."""
-    return sum(c["plain"] < c.get(k, -1.0) < c["solution"] for k in ("summary", "answer"))
+    return sum(c["plain"] < c[k] < c["solution"] for k in ("summary", "answer"))
 
 
 def choose_student(checkpoints: list[dict], cfg: BuildConfig) -> dict:

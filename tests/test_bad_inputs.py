@@ -5,7 +5,6 @@ a few also through `diagnose` to prove nothing is written."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from typer.testing import CliRunner

@@ -11,7 +11,6 @@ cosines must converge to the exact ones as M grows.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

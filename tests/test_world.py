@@ -4,7 +4,6 @@ and the models' measured accuracies sit in the bands data/README.md states."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -148,3 +147,24 @@ def test_bundled_models_have_vllm_cpu_head_size():
     for name in MODELS:
         cfg = json.loads((data_dir() / "models" / name / "config.json").read_text())
         assert cfg["head_dim"] == 32, name  # vLLM's CPU attention takes 32, 64, ... (not the trained 24)
+
+
+def test_choose_student_prefers_partial_contexts_in_between():
+    """In the band and using the solution: the first checkpoint where the most partial contexts
+    (summary, answer hint) land between plain and solution accuracy wins over an earlier one."""
+    from gradalign.world import BuildConfig, choose_student
+
+    def ck(step, plain, sol, summary, answer):
+        return {"step": step, "plain": plain, "solution": sol, "summary": summary, "answer": answer}
+
+    stages = [
+        ck(100, 0.30, 0.97, 0.50, 0.50),  # below the band
+        ck(200, 0.50, 0.95, 0.40, 0.30),  # in band, neither partial context in between
+        ck(300, 0.48, 0.96, 0.60, 0.30),  # one in between
+        ck(400, 0.45, 0.80, 0.60, 0.60),  # does not use the solution well enough
+        ck(500, 0.47, 0.98, 0.60, 0.50),  # both in between
+        ck(600, 0.52, 0.97, 0.70, 0.60),  # both, but later
+    ]
+    assert choose_student(stages, BuildConfig())["step"] == 500
+    assert choose_student(stages[:4], BuildConfig())["step"] == 300
+    assert choose_student(stages[:2], BuildConfig())["step"] == 200
