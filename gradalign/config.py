@@ -139,7 +139,8 @@ class SamplingConfig:
     # teacher scoring keeps room beside the engine. Ignored by the hf backend and on CPU.
     vllm_memory_fraction: float = 0.0
     # vLLM only: skip torch.compile / CUDA graphs. Halves engine start-up on CPU (25 s vs 50 s for
-    # the test models) at some decode speed; worth it for small runs and tests, not for long GPU runs.
+    # a one-layer test model, measured once on 2 shared cores) at some decode speed; worth it for
+    # small runs and tests, not for long GPU runs.
     vllm_eager: bool = False
 
 
