@@ -98,7 +98,8 @@ def _planned(cap: int) -> dict:
 def _measured(quick: bool, threads: int) -> dict:
     import random
 
-    from gradalign.generation import SamplingParams, sample
+    from gradalign.sampling import SamplingParams
+    from gradalign.sampling.hf import sample
     from gradalign.world import ModelSize, build_tokenizer, new_model
 
     tok = build_tokenizer(chars=("a", "b"), max_length=1100)

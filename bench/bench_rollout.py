@@ -75,7 +75,7 @@ class _BatchedGumbel:
     def __call__(self, input_ids, scores):
         import torch
 
-        from gradalign.generation import truncate_logits
+        from gradalign.sampling.hf import truncate_logits
 
         scores = truncate_logits(scores.float() / self.params.temperature, self.params.top_k, self.params.top_p)
         u = torch.rand(scores.shape, generator=self.g, dtype=torch.float64)
@@ -86,7 +86,8 @@ def _processor_cost(batch: int, V: int, steps: int = 100) -> dict:
     """Per-decode-step cost of the counter-based Gumbel processor vs HF's own sampling ops on [batch, V]."""
     import torch
 
-    from gradalign.generation import SamplingParams, _GumbelCounter
+    from gradalign.sampling import SamplingParams
+    from gradalign.sampling.hf import _GumbelCounter
 
     scores = torch.randn(batch, V)
     ids = torch.zeros((batch, 3), dtype=torch.long)

@@ -13,26 +13,15 @@ from typing import List, Optional
 
 import typer
 
-
-def _fail(msg: str) -> None:
-    """Same contract as the app's `_fail`: one line `error: ...` on stderr, exit code 2."""
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _load_errors():
-    from gradalign.analysis import AnalysisError
-    from gradalign.tables import RunIncomplete
-
-    return (AnalysisError, RunIncomplete, FileNotFoundError, NotADirectoryError)
+from gradalign.errors import GradalignError
 
 
 def _check_dirs(run_dirs: List[Path]) -> None:
     if not run_dirs:
-        _fail("give at least one RUN_DIR")
+        raise GradalignError("give at least one RUN_DIR")
     for d in run_dirs:
         if not d.is_dir():
-            _fail(f"{d}: not a folder (expected a run folder written by `gradalign diagnose`)")
+            raise GradalignError(f"{d}: not a folder (expected a run folder written by `gradalign diagnose`)")
 
 
 def _load_combined(run_dirs: List[Path]):
@@ -71,13 +60,10 @@ def report(
     _check_dirs(run_dirs)
     from gradalign.report import ReportOptions, write_reports
 
-    try:
-        opts = ReportOptions(metric=metric, loss=loss, n_boot=n_boot, seed=seed, position_bins=bins, decisive_top=decisive_top,
-                             heatmap_rollouts=heatmap_rollouts, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile,
-                             rock_top_n=rock_top, rock_min_freq=rock_min_freq, rock_drop_top=rock_drop_top)
-        results = write_reports(run_dirs, out, options=opts)
-    except _load_errors() as e:
-        _fail(str(e))
+    opts = ReportOptions(metric=metric, loss=loss, n_boot=n_boot, seed=seed, position_bins=bins, decisive_top=decisive_top,
+                         heatmap_rollouts=heatmap_rollouts, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile,
+                         rock_top_n=rock_top, rock_min_freq=rock_min_freq, rock_drop_top=rock_drop_top)
+    results = write_reports(run_dirs, out, options=opts)
     for r in results:
         typer.echo(f"{r.task}: wrote {r.html} ({len(r.figures)} figures and {r.markdown.name} beside it)")
         for h in r.headlines:
@@ -98,15 +84,12 @@ def compare(
     Example: gradalign compare runs/demo --format csv
     """
     if fmt not in ("table", "csv", "json"):
-        _fail(f"unknown --format {fmt!r}; choose table, csv or json")
+        raise GradalignError(f"unknown --format {fmt!r}; choose table, csv or json")
     _check_dirs(run_dirs)
     from gradalign.analysis import rank_configs
 
-    try:
-        t = _load_combined(run_dirs)
-        r = rank_configs(t.alignment, metric=metric, n_boot=n_boot, seed=seed)
-    except _load_errors() as e:
-        _fail(str(e))
+    t = _load_combined(run_dirs)
+    r = rank_configs(t.alignment, metric=metric, n_boot=n_boot, seed=seed)
     if fmt == "csv":
         typer.echo(r.to_csv(index=False, float_format="%.6g"), nl=False)
         return
@@ -156,7 +139,7 @@ def weights(
     Example: gradalign weights runs/demo --config self-summary --rule zero-negative --rule freeze-rocks
     """
     if not run_dir.is_dir():
-        _fail(f"{run_dir}: not a folder (expected a run folder written by `gradalign diagnose`)")
+        raise GradalignError(f"{run_dir}: not a folder (expected a run folder written by `gradalign diagnose`)")
     import os
 
     import pyarrow as pa
@@ -165,13 +148,10 @@ def weights(
     from gradalign.analysis import parse_rule, token_weights
     from gradalign.tables import load
 
-    try:
-        rules = [parse_rule(r) for r in rule]
-        t = load(run_dir)
-        w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
-                          h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
-    except _load_errors() as e:
-        _fail(str(e))
+    rules = [parse_rule(r) for r in rule]
+    t = load(run_dir)
+    w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
+                      h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
     path = out or run_dir / f"weights-{config}.parquet"
     schema = pa.schema([("question_id", pa.string()), ("rollout_id", pa.int32()), ("position", pa.int32()), ("weight", pa.float32())])
     import json

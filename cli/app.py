@@ -11,18 +11,17 @@ from pathlib import Path
 
 import typer
 
+from gradalign.cli.errors import GuardedGroup
+from gradalign.errors import GradalignError
+
 app = typer.Typer(
     name="gradalign",
+    cls=GuardedGroup,
     help="Per-token diagnosis of on-policy distillation: does each teacher's gradient point toward student success?",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("build-world")
@@ -59,10 +58,7 @@ def accuracy(
     if all_:
         typer.echo(world.accuracy_table(n=n, seed=seed))
         return
-    try:
-        acc = world.accuracy_on_test(model, context, n=n, seed=seed)
-    except ValueError as e:
-        _fail(str(e))
+    acc = world.accuracy_on_test(model, context, n=n, seed=seed)
     typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
 
 
@@ -104,27 +100,17 @@ def _render_summary(run) -> None:
 def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bool, shard_size: int) -> None:
     import logging
 
-    from gradalign.config import ConfigError, apply_overrides, load_config, parse_overrides
-    from gradalign.graders import GraderSpecError
-    from gradalign.models import ModelError
-    from gradalign.preflight import PreflightError
-    from gradalign.tasks import TaskError
+    from gradalign.config import apply_overrides, load_config, parse_overrides
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(config_path)
-        if overrides:
-            cfg = apply_overrides(cfg, parse_overrides(overrides))
-    except (ConfigError, ValueError) as e:
-        _fail(str(e))
+    cfg = load_config(config_path)
+    if overrides:
+        cfg = apply_overrides(cfg, parse_overrides(overrides))
     from gradalign.engine import diagnose
 
     bar, cb = _progress_runner()
-    try:
-        with bar:
-            run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
-    except (ConfigError, TaskError, ModelError, GraderSpecError, PreflightError, FileExistsError) as e:
-        _fail(str(e))
+    with bar:
+        run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
     _render_summary(run)
     f = run.manifest["faults"]
     if any(f.values()):
@@ -174,17 +160,11 @@ def validate(config: Path = typer.Argument(..., help="TOML run config")) -> None
 
     Example: gradalign validate data/configs/demo.toml
     """
-    from gradalign.config import ConfigError, load_config
-    from gradalign.graders import GraderSpecError
-    from gradalign.models import ModelError
-    from gradalign.preflight import PreflightError, preflight
-    from gradalign.tasks import TaskError
+    from gradalign.config import load_config
+    from gradalign.preflight import preflight
 
-    try:
-        cfg = load_config(config)
-        report = preflight(cfg)
-    except (ConfigError, TaskError, ModelError, GraderSpecError, PreflightError) as e:
-        _fail(str(e))
+    cfg = load_config(config)
+    report = preflight(cfg)
     task = report.task
     typer.echo(f"ok: {config}: {len(task.rows)} questions, {len(cfg.teachers)} configs, losses {', '.join(cfg.distill.losses)}")
 

@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from gradalign.errors import GradalignError
+
 log = logging.getLogger(__name__)
 
 METRICS = ("cos", "cos_candidates", "cos_debiased")
@@ -42,7 +44,7 @@ TOKEN_KEY = ["question_id", "rollout_id", "position", "config"]
 LOSS_PREFERENCE = ("reverse_kl", "sampled_token", "forward_kl", "jsd")
 
 
-class AnalysisError(ValueError):
+class AnalysisError(GradalignError, ValueError):
     """Bad input to an analysis function (unknown column, config, loss, rule or option)."""
 
 

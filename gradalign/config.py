@@ -32,9 +32,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradalign.errors import GradalignError
+
 logger = logging.getLogger(__name__)
 
-VALID_LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
+LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
@@ -51,7 +53,7 @@ _PY_GRADER_RE = re.compile(
 _TOML_POS_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(GradalignError, ValueError):
     """A run-config problem, as one line: ``"{source}: {field}: {problem}; {fix}"``."""
 
     def __init__(self, source: str, field: str, problem: str, fix: str = "") -> None:
@@ -164,7 +166,7 @@ class BranchingConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    losses: tuple[str, ...] = VALID_LOSSES
+    losses: tuple[str, ...] = LOSSES
     jsd_beta: float = 0.5
 
 
@@ -693,14 +695,14 @@ def _parse_branching(s: _Section) -> BranchingConfig:
 
 def _parse_distill(s: _Section) -> DistillConfig:
     raw = s.get("losses")
-    valid = ", ".join(repr(x) for x in VALID_LOSSES)
+    valid = ", ".join(repr(x) for x in LOSSES)
     if not isinstance(raw, (list, tuple)) or not raw:
         raise s.error("losses", f"must be a non-empty array of loss names, got {_show(raw)}",
                       f"valid losses: {valid}")
     seen: set[str] = set()
     for i, loss in enumerate(raw):
-        if not isinstance(loss, str) or loss not in VALID_LOSSES:
-            fix = _suggest(loss, VALID_LOSSES) if isinstance(loss, str) else ""
+        if not isinstance(loss, str) or loss not in LOSSES:
+            fix = _suggest(loss, LOSSES) if isinstance(loss, str) else ""
             raise s.error(f"losses[{i}]", f"unknown loss {_show(loss)}; valid losses: {valid}",
                           fix if "did you" in fix else "")
         if loss in seen:

@@ -33,8 +33,8 @@ from gradalign import gradients as G
 from gradalign.candidates import Candidate, candidate_set
 from gradalign.config import RunConfig
 from gradalign.estimates import SuccessEstimate, full_vocab_success, split_halves
-from gradalign.generation import Completion, SamplingParams, stable_seed
-from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, concat_tables, write_json, write_table
+from gradalign.sampling import Completion, SamplingParams, stable_seed
+from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, RunFolderError, concat_tables, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _load_world(cfg: RunConfig) -> _World:
                 hashes[t.model] = lm.content_hash
             model = loaded[key]
         teachers.append(_Teacher(t.name, model, t.context, t.model))
-    from gradalign.backends import make_sampler
+    from gradalign.sampling import make_sampler
 
     sampler = make_sampler(
         cfg.sampling.backend, student=student, params=_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
@@ -580,9 +580,9 @@ def diagnose(
     if out.exists() and any(out.iterdir()):
         old = out / "shards" / "run.json"
         if not resume:
-            raise FileExistsError(f"{out}: output folder is not empty (pass resume=True / --resume, or choose a new folder)")
+            raise RunFolderError(f"{out}: output folder is not empty (pass resume=True / --resume, or choose a new folder)")
         if old.exists() and json.loads(old.read_text()).get("config_fingerprint") != fp:
-            raise FileExistsError(f"{out}: existing shards were made with a different config; cannot resume into it")
+            raise RunFolderError(f"{out}: existing shards were made with a different config; cannot resume into it")
     t_start = time.perf_counter()
     world = _load_world(cfg)  # every input check happens here, before anything is written
     load_s = time.perf_counter() - t_start

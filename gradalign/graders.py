@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
+from gradalign.errors import GradalignError
+
 logger = logging.getLogger(__name__)
 
 VALID_FORMS = "exact | numeric | math-verify | python:module:function"
@@ -49,11 +51,11 @@ _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class GraderSpecError(ValueError):
+class GraderSpecError(GradalignError, ValueError):
     """A grader spec string is malformed, or names a grader that cannot be loaded."""
 
 
-class GraderPoolError(RuntimeError):
+class GraderPoolError(GradalignError, RuntimeError):
     """A grader worker process could not be started (not a per-item failure)."""
 
 

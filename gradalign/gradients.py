@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
+from gradalign.config import LOSSES  # the loss names a config may list; this module implements each
 
 
 # --------------------------------------------------------------------------- helpers (private)

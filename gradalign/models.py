@@ -3,7 +3,7 @@
 Owns: turning a model reference from a config (a bundled name under `data/models/`, a local folder,
 or a Hugging Face model id, optionally with a GGUF file) into a loaded `transformers` model and
 tokenizer; content hashes for the manifest; and the check that a teacher shares the student's
-tokenizer (same vocabulary and ids). Does not own sampling (`generation`) or scoring (`scoring`).
+tokenizer (same vocabulary and ids). Does not own sampling (`sampling`) or scoring (`scoring`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradalign.errors import GradalignError
 from gradalign.tasks import data_dir
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ModelError(ValueError):
+class ModelError(GradalignError, ValueError):
     """A one-line, user-facing problem with a model reference or tokenizer."""
 
 

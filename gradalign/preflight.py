@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradalign.config import RunConfig
+from gradalign.errors import GradalignError
 
 
-class PreflightError(ValueError):
+class PreflightError(GradalignError, ValueError):
     """One line naming the file or field and the fix."""
 
 
@@ -71,7 +72,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
     if cfg.sampling.backend == "vllm":
         import importlib.util
 
-        from gradalign.backends import VLLM_INSTALL_HINT
+        from gradalign.sampling.vllm import VLLM_INSTALL_HINT
 
         if importlib.util.find_spec("vllm") is None:
             raise PreflightError(VLLM_INSTALL_HINT)
@@ -83,7 +84,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
     if sref.is_local and not sref.gguf_file and not (Path(sref.source) / "config.json").exists():
         raise PreflightError(f"student.model: {sref.source} has no config.json (not a Hugging Face model folder)")
     if cfg.sampling.backend == "vllm" and sref.is_local and not sref.gguf_file:
-        from gradalign.backends import vllm_platform, vllm_unsupported_reason
+        from gradalign.sampling.vllm import vllm_platform, vllm_unsupported_reason
 
         why = vllm_unsupported_reason(_model_config(sref.source), vllm_platform())
         if why:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gradalign.errors import GradalignError
+
 SCHEMA_VERSION = "1"
 TABLES = ("rollouts", "tokens", "nodes", "alignment")
 
@@ -86,8 +88,12 @@ COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-class RunIncomplete(RuntimeError):
+class RunIncomplete(GradalignError, RuntimeError):
     """The folder has no manifest: the run did not finish (or is not a gradalign run)."""
+
+
+class RunFolderError(GradalignError, FileExistsError):
+    """The output folder cannot take this run (not empty, or made with another config)."""
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gradalign.config import template_fields
+from gradalign.errors import GradalignError
 
 
-class TaskError(ValueError):
+class TaskError(GradalignError, ValueError):
     """A one-line, user-facing problem with a task file or template."""
 
 

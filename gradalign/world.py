@@ -3,7 +3,7 @@
 Owns: the character-level tokenizer (saved in Hugging Face format), the tiny Llama configs, the
 training loop and mixes, checkpoint selection for the student, and the accuracy measurement that
 data/README.md reports. Does not own the task's text format (`arithmetic`), sampling
-(`generation`) or answer extraction (`graders`).
+(`sampling`) or answer extraction (`graders`).
 
 What gets built under `data/` (everything loadable with the public transformers API):
 
@@ -181,7 +181,8 @@ def _stream_examples(cfg: BuildConfig, rng: random.Random, exclude: set[str], *,
 def _self_pool(model, tokenizer, cfg: BuildConfig, exclude: set[str], n: int) -> list[tuple[str, str]]:
     """Plain prompts with the model's own sampled completions (temperature 1) as targets."""
     from gradalign import arithmetic as ar
-    from gradalign.generation import SamplingParams, sample, stable_seed
+    from gradalign.sampling import SamplingParams, stable_seed
+    from gradalign.sampling.hf import sample
 
     rng = random.Random(f"{cfg.seed}:self")
     rows = []
@@ -340,7 +341,8 @@ class Accuracy:
 def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: int = 0, max_new_tokens: int = 96, name: str = "") -> Accuracy:
     """Sampled accuracy (temperature 1, no truncation) of `model` on `rows` under one context."""
     from gradalign import arithmetic as ar
-    from gradalign.generation import SamplingParams, sample, stable_seed
+    from gradalign.sampling import SamplingParams, stable_seed
+    from gradalign.sampling.hf import sample
     from gradalign.graders import extract_answer
 
     tmpl = ar.CONTEXTS[context]
@@ -532,8 +534,10 @@ def accuracy_on_test(model_ref: str, context: str, *, n: int = 200, seed: int = 
     from gradalign import models
     from gradalign.tasks import load_task
 
+    from gradalign.errors import GradalignError
+
     if context not in ar.CONTEXTS:
-        raise ValueError(f"context {context!r}: expected one of {', '.join(ar.CONTEXTS)}")
+        raise GradalignError(f"--context {context!r}: expected one of {', '.join(ar.CONTEXTS)}")
     task = load_task(name=ar.TASK_NAME, split="test", limit=n)
     lm = models.load(models.resolve(model_ref))
     return measure_accuracy(lm.model, lm.tokenizer, list(task.rows), context, seed=seed, name=model_ref)

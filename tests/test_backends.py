@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gradalign.backends import VLLMPlatform, vllm_memory_fraction, vllm_unsupported_reason
+from gradalign.sampling.vllm import VLLMPlatform, vllm_memory_fraction, vllm_unsupported_reason
 
 GiB = 1 << 30
 CPU = VLLMPlatform(on_cpu=True, cpu_head_sizes=(32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512))
@@ -49,7 +49,7 @@ def test_unknown_cpu_kernel_list_does_not_refuse():
 def test_gguf_as_folder_writes_once_and_atomically(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gradalign.backends import gguf_as_folder
+    from gradalign.sampling.vllm import gguf_as_folder
     from tiny_world import make_tiny_world
 
     root = make_tiny_world(tmp_path / "w")

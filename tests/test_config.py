@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from gradalign.config import (
-    VALID_LOSSES,
+    LOSSES,
     BranchingConfig,
     ConfigError,
     RunConfig,
@@ -119,7 +119,7 @@ def test_defaults_match_schema():
     assert b.selector == SelectorSpec("logspace", None)
     assert (b.continuations, b.top_k, b.max_candidates, b.adaptive_max) == (8, 3, 16, 32)
     assert b.residual is True and b.residual_min_mass == 1e-3
-    assert cfg.distill.losses == VALID_LOSSES and cfg.distill.jsd_beta == 0.5
+    assert cfg.distill.losses == LOSSES and cfg.distill.jsd_beta == 0.5
     assert cfg.teachers == (TeacherConfig("self-solution", "student", "Reference solution: {solution}\n", "", ""),)
     assert cfg.teachers[0].is_student
     assert config_warnings(cfg) == ()

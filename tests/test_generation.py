@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from gradalign.generation import SamplingParams, _i64, counter_uniform, sample, splitmix64
+from gradalign.sampling import SamplingParams
+from gradalign.sampling.hf import _i64, counter_uniform, sample, splitmix64
 
 MASK = (1 << 64) - 1
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vllm
 def test_preflight_refuses_a_head_size_vllm_cannot_run(tmp_path):
     """Head size 24 is not among vLLM's CPU attention kernels: `validate` says so in one line, before
     any engine starts (on a GPU, flash attention takes it, and validate passes)."""
-    from gradalign.backends import vllm_platform
+    from gradalign.sampling.vllm import vllm_platform
     from gradalign.cli.app import app
 
     root = make_tiny_world(tmp_path / "w", hidden=48, heads=2)

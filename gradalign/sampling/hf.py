@@ -1,6 +1,6 @@
-"""Batched sampling from a causal LM with per-sequence seeds (the HF transformers backend).
+"""The transformers sampler: batched sampling from a causal LM with per-sequence seeds.
 
-Owns: turning token-id prompts into sampled completions with `model.generate` (left padding, KV
+Owns: `HFSampler` (the `Sampler` Protocol over `model.generate`) and turning token-id prompts into sampled completions with `model.generate` (left padding, KV
 cache, large batches), exact sampling from softmax(z / temperature) (optionally truncated by
 top-k/top-p when a config asks for it), and the per-sequence seeding that makes a sequence's sample
 depend only on its own seed, never on which batch it landed in. Does not own what to sample (the
@@ -26,35 +26,9 @@ from typing import Sequence
 
 import torch
 
+from gradalign.sampling.protocol import Completion, SamplingParams
+
 log = logging.getLogger(__name__)
-
-
-def stable_seed(*parts) -> int:
-    """A 63-bit seed from printable parts (blake2b; independent of PYTHONHASHSEED and batch order)."""
-    import hashlib
-
-    h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How continuations are drawn. Defaults give unbiased success estimates."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A sampled continuation: new token ids (EOS excluded) and whether max_new_tokens cut it."""
-
-    token_ids: tuple[int, ...]
-    truncated: bool
-    ended_with_eos: bool
 
 
 def truncate_logits(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -202,3 +176,19 @@ def sample(
             else:
                 out[i] = Completion(tuple(toks), truncated=True, ended_with_eos=False)
     return out  # type: ignore[return-value]
+
+
+@dataclass
+class HFSampler:
+    """The `Sampler` on transformers: `sample` below, with the student's EOS and pad ids."""
+
+    model: object
+    params: SamplingParams
+    eos_id: int
+    pad_id: int
+
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new: Sequence[int] | None = None) -> list[Completion]:
+        return sample(self.model, prompts, seeds, self.params, eos_id=self.eos_id, pad_id=self.pad_id, max_new=max_new)
+
+    def close(self) -> None:
+        pass

@@ -1,7 +1,6 @@
-"""Rollout backends: who samples student continuations (`hf` or `vllm`).
+"""The vLLM sampler: the `Sampler` Protocol on vLLM.
 
-Owns: the one interface the engine samples through (`Sampler.sample(prompts, seeds, max_new)`),
-the transformers implementation (a thin wrapper over `generation.sample`), and the vLLM
+Owns: the vLLM
 implementation on the offline `LLM` API (token-id prompts, one request per continuation with its
 own seed, prefix caching on so branches that share long prefixes reuse their KV cache; vLLM fans
 `n > 1` out into child requests the same way, so per-continuation seeds cost nothing extra), the
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from gradalign.generation import Completion, SamplingParams, sample
+from gradalign.sampling.protocol import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +138,6 @@ def _save_plain(model, folder: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"))
 
 
-@dataclass
-class HFSampler:
-    """Samples with `model.generate` (see `generation.sample`)."""
-
-    model: object
-    params: SamplingParams
-    eos_id: int
-    pad_id: int
-
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new: Sequence[int] | None = None) -> list[Completion]:
-        return sample(self.model, prompts, seeds, self.params, eos_id=self.eos_id, pad_id=self.pad_id, max_new=max_new)
-
-    def close(self) -> None:
-        pass
-
-
 class VLLMSampler:
     """Samples with vLLM's offline engine, loaded from the student's model folder or hub id
     (`source`; a GGUF student arrives here as `gguf_as_folder`'s output)."""
@@ -215,19 +198,3 @@ class VLLMSampler:
 
     def close(self) -> None:
         self.llm = None
-
-
-def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
-                 memory_fraction: float = 0.0, eager: bool = False):
-    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
-    tok = student.tokenizer
-    if backend == "hf":
-        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id)
-    if backend == "vllm":
-        ref = student.ref
-        source = ref.source
-        if ref.gguf_file:
-            source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
-        return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
-                           memory_fraction=memory_fraction, eager=eager)
-    raise ValueError(f"sampling.backend: unknown backend {backend!r} (hf | vllm)")

@@ -1,0 +1,35 @@
+"""Rollout sampling: who draws the student's continuations.
+
+Owns: `make_sampler`, the one choice of backend (`hf` | `vllm`) behind the `Sampler` Protocol.
+Modules: `protocol` (the contract, `Completion`, `SamplingParams`, `stable_seed`), `hf`
+(transformers `generate` with counter-based Gumbel noise), `vllm` (vLLM's offline engine, its
+platform checks and GGUF conversion). Does not own what to sample or how it is graded
+(`gradalign.pipeline.rollouts`), nor teacher/student scoring (`gradalign.scoring`).
+"""
+
+from __future__ import annotations
+
+from gradalign.config import BACKENDS
+from gradalign.sampling.protocol import Completion, Sampler, SamplingParams, stable_seed
+
+__all__ = ["BACKENDS", "Completion", "Sampler", "SamplingParams", "make_sampler", "stable_seed"]
+
+
+def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
+                 memory_fraction: float = 0.0, eager: bool = False) -> Sampler:
+    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
+    tok = student.tokenizer
+    if backend == "hf":
+        from gradalign.sampling.hf import HFSampler
+
+        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id)
+    if backend == "vllm":
+        from gradalign.sampling.vllm import VLLMSampler, gguf_as_folder
+
+        ref = student.ref
+        source = ref.source
+        if ref.gguf_file:
+            source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
+        return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
+                           memory_fraction=memory_fraction, eager=eager)
+    raise ValueError(f"sampling.backend: unknown backend {backend!r} ({' | '.join(BACKENDS)})")
