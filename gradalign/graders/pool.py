@@ -1,95 +1,48 @@
-"""Grading of student completions against a task row's reference answer.
+"""Where and when graders run: the ``GraderPool``.
 
 Owns:
-  * grader spec strings (``exact``, ``numeric``, ``math-verify``,
-    ``python:module:function``): parsing and up-front validation;
-  * final-answer extraction from a completion (GSM8K ``####`` marker, else the
-    last ``\\boxed{...}``);
-  * the built-in ``exact`` and ``numeric`` comparisons;
-  * ``GraderPool``: verdict caching keyed by (row_id, completion), and the
-    worker processes that run untrusted graders (math-verify, user Python
-    functions) under a per-call timeout, replacing any worker that hangs.
+  * ``GraderPool``: verdict caching keyed by (row_id, completion), in-process
+    grading for ``exact``/``numeric``, and the worker processes (forkserver or
+    spawn, never fork) that run untrusted graders (math-verify, user Python
+    functions) under a per-call timeout, replacing any worker that hangs or dies;
+  * ``GradeItem`` (one completion to grade) and ``GraderStats`` (the pool's counters);
+  * ``GraderPoolError``: a worker process could not be started.
 
-Does NOT own: loading task rows or datasets, sampling completions, deciding
-which completions to grade, aggregating verdicts into success rates, or any
-reporting. Callers hand in plain rows and get ``Verdict`` records back.
+Does NOT own: spec strings (``spec``), what a grader computes (``grading``:
+answer extraction, comparisons, ``Verdict``), loading task rows, sampling
+completions, deciding which completions to grade, or aggregating verdicts.
 
 Rows sent to worker processes (``math-verify`` and ``python:`` graders) are
 pickled, so they must be picklable: plain ``dict`` of str/int/float/list/dict
 values. A row that fails to pickle yields an ``error`` verdict for that item.
+Workers receive the parent's ``sys.path`` and working directory, so a
+``python:`` grader importable in the parent is importable in the worker.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from gradalign.errors import GradalignError
+from gradalign.graders.grading import IN_PROCESS_GRADERS, Verdict, error_reason, load_worker_grader
+from gradalign.graders.spec import GraderSpecError, parse_grader_spec
 
 logger = logging.getLogger(__name__)
-
-VALID_FORMS = "exact | numeric | math-verify | python:module:function"
-MATH_INSTALL_HINT = "pip install 'gradalign[math]'"
-NUMERIC_TOLERANCE = 1e-6
-
-_BUILTIN_KINDS = ("exact", "numeric", "math-verify")
-_IN_PROCESS_KINDS = ("exact", "numeric")
-_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class GraderSpecError(GradalignError, ValueError):
-    """A grader spec string is malformed, or names a grader that cannot be loaded."""
 
 
 class GraderPoolError(GradalignError, RuntimeError):
     """A grader worker process could not be started (not a per-item failure)."""
-
-
-# --------------------------------------------------------------------------
-# Records
-
-
-@dataclass(frozen=True)
-class GraderSpec:
-    """A parsed grader spec. ``module``/``function`` are set only for kind ``python``."""
-
-    kind: str  # "exact" | "numeric" | "math-verify" | "python"
-    module: str | None
-    function: str | None
-    raw: str
-
-    @property
-    def runs_in_process(self) -> bool:
-        return self.kind in _IN_PROCESS_KINDS
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Outcome of grading one completion.
-
-    ``status`` is "ok", "timeout" or "error"; only "ok" verdicts can be correct.
-    ``reason`` is a short machine-friendly explanation ("match", "mismatch",
-    "no_answer", "not_a_number", "timeout after 5.0s", "error: ...").
-    """
-
-    correct: bool
-    extracted: str | None
-    status: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -117,269 +70,7 @@ class GraderStats:
 
 
 # --------------------------------------------------------------------------
-# Spec parsing and validation
-
-
-def _spec_error(spec: str, problem: str) -> GraderSpecError:
-    return GraderSpecError(f"invalid grader spec {spec!r}: {problem}; valid forms: {VALID_FORMS}")
-
-
-def parse_grader_spec(spec: str) -> GraderSpec:
-    """Parse a grader spec string (syntax only; see ``check_grader`` to validate imports)."""
-    if not isinstance(spec, str):
-        raise _spec_error(str(spec), f"expected a string, got {type(spec).__name__}")
-    text = spec.strip()
-    if text in _BUILTIN_KINDS:
-        return GraderSpec(kind=text, module=None, function=None, raw=spec)
-    if text.startswith("python:"):
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise _spec_error(spec, "a python grader needs exactly 'python:module:function'")
-        _, module, function = parts
-        if not _DOTTED_NAME.fullmatch(module):
-            raise _spec_error(spec, f"{module!r} is not a (dotted) module name")
-        if not _IDENTIFIER.fullmatch(function):
-            raise _spec_error(spec, f"{function!r} is not a function name")
-        return GraderSpec(kind="python", module=module, function=function, raw=spec)
-    raise _spec_error(spec, "unknown grader kind")
-
-
-def _import_python_grader(spec: GraderSpec) -> Callable[[str, dict], Any]:
-    """Import ``spec.module`` (from sys.path or the current directory) and return the callable."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.append(cwd)
-    try:
-        module = importlib.import_module(spec.module)
-    except Exception as exc:  # a user module may raise anything at import time
-        raise _spec_error(
-            spec.raw, f"cannot import module {spec.module!r} ({type(exc).__name__}: {exc})"
-        ) from exc
-    finally:
-        if added:
-            sys.path.remove(cwd)
-    try:
-        fn = getattr(module, spec.function)
-    except AttributeError as exc:
-        raise _spec_error(
-            spec.raw, f"module {spec.module!r} has no attribute {spec.function!r}"
-        ) from exc
-    if not callable(fn):
-        raise _spec_error(
-            spec.raw, f"{spec.module}.{spec.function} is a {type(fn).__name__}, not callable"
-        )
-    return fn
-
-
-def _import_math_verify() -> tuple[Callable, Callable]:
-    try:
-        from math_verify import parse, verify
-    except ImportError as exc:
-        raise GraderSpecError(
-            f"grader spec 'math-verify' needs the math-verify package "
-            f"({type(exc).__name__}: {exc}); install it with: {MATH_INSTALL_HINT}"
-        ) from exc
-    return parse, verify
-
-
-def check_grader(spec: str | GraderSpec) -> GraderSpec:
-    """Validate a grader without grading anything; returns the parsed spec.
-
-    For ``python:`` specs this imports the module in the calling process and
-    checks the attribute is callable; for ``math-verify`` it checks the package
-    imports. Raises ``GraderSpecError`` with a one-line message otherwise.
-    """
-    parsed = spec if isinstance(spec, GraderSpec) else parse_grader_spec(spec)
-    if parsed.kind == "python":
-        _import_python_grader(parsed)
-    elif parsed.kind == "math-verify":
-        _import_math_verify()
-    return parsed
-
-
-# --------------------------------------------------------------------------
-# Answer extraction and built-in comparisons
-
-_BOXED = re.compile(r"\\boxed\s*\{")
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last top-level ``\\boxed{...}`` with balanced braces."""
-    found: str | None = None
-    pos = 0
-    while True:
-        match = _BOXED.search(text, pos)
-        if match is None:
-            return found
-        depth = 1
-        i = match.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth:  # unbalanced (e.g. truncated generation): nothing further can close
-            return found
-        found = text[match.end() : i - 1].strip()
-        pos = i
-
-
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion, or None.
-
-    The text after the LAST ``####`` up to the end of that line, stripped
-    (GSM8K convention); if there is no marker (or nothing follows it), the
-    content of the last ``\\boxed{...}``; else None.
-    """
-    marker = text.rfind("####")
-    if marker >= 0:
-        answer = text[marker + 4 :].split("\n", 1)[0].strip()
-        if answer:
-            return answer
-    boxed = _last_boxed(text)
-    return boxed if boxed else None
-
-
-_NUMBER = re.compile(
-    r"""
-    (?P<sign>[+-]?)\s*
-    (?:
-        (?P<num>\d+)\s*/\s*(?P<den>\d+)                      # fraction 3/4
-      | (?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d*))?  # 1,234.5 / 0.5 / .5 / 12
-    )
-    """,
-    re.VERBOSE,
-)
-_MAX_NUMBER_CHARS = 200  # bounds the work on adversarial completions
-
-
-def parse_number(text: str) -> Fraction | None:
-    """Parse an int, decimal or ``a/b`` fraction (commas as thousands separators,
-    optional leading sign) exactly; None if the text is not such a number."""
-    text = text.strip()
-    if not text or len(text) > _MAX_NUMBER_CHARS:
-        return None
-    match = _NUMBER.fullmatch(text)
-    if match is None:
-        return None
-    sign = -1 if match["sign"] == "-" else 1
-    if match["num"] is not None:
-        den = int(match["den"])
-        return None if den == 0 else sign * Fraction(int(match["num"]), den)
-    int_part = (match["int"] or "").replace(",", "")
-    frac_part = match["frac"] or ""
-    if not int_part and not frac_part:
-        return None
-    value = Fraction(int(int_part or "0"))
-    if frac_part:
-        value += Fraction(int(frac_part), 10 ** len(frac_part))
-    return sign * value
-
-
-def numbers_close(a: Fraction, b: Fraction, tol: float = NUMERIC_TOLERANCE) -> bool:
-    """Equal within relative OR absolute tolerance ``tol`` (exact arithmetic)."""
-    tolerance = Fraction(tol)
-    return abs(a - b) <= max(tolerance * max(abs(a), abs(b)), tolerance)
-
-
-def _gold_answer(row: dict) -> str:
-    if "answer" not in row:
-        raise KeyError("row has no 'answer' field")
-    gold = str(row["answer"])
-    # A raw GSM8K solution as gold: compare against its final answer.
-    if "####" in gold:
-        gold = extract_answer(gold) or ""
-    return gold.strip()
-
-
-def _grade_exact(completion: str, row: dict) -> Verdict:
-    gold = _gold_answer(row)
-    extracted = extract_answer(completion)
-    if extracted is None:
-        return Verdict(False, None, "ok", "no_answer")
-    correct = extracted.strip() == gold
-    return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
-
-
-def _grade_numeric(completion: str, row: dict) -> Verdict:
-    gold_text = _gold_answer(row)
-    gold = parse_number(gold_text)
-    if gold is None:
-        return Verdict(False, None, "error", f"error: gold answer {gold_text!r} is not a number")
-    extracted = extract_answer(completion)
-    if extracted is None:
-        return Verdict(False, None, "ok", "no_answer")
-    value = parse_number(extracted)
-    if value is None:
-        return Verdict(False, extracted, "ok", "not_a_number")
-    correct = numbers_close(value, gold)
-    return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
-
-
-_IN_PROCESS_GRADERS: dict[str, Callable[[str, dict], Verdict]] = {
-    "exact": _grade_exact,
-    "numeric": _grade_numeric,
-}
-
-
-def _error_reason(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
-    return f"error: {type(exc).__name__}: {message}"[:500]
-
-
-# --------------------------------------------------------------------------
 # Worker process side (runs in a fresh interpreter; main thread only)
-
-
-class _MathVerifyGrader:
-    """math-verify with its signal.alarm timeouts disabled (the pool's process timeout guards)."""
-
-    def __init__(self) -> None:
-        self._parse, self._verify = _import_math_verify()
-        self._gold_cache: dict[str, list] = {}
-
-    def _parse_gold(self, gold: str) -> list:
-        if gold not in self._gold_cache:
-            parsed: list = []
-            if "$" not in gold and "\\boxed" not in gold:
-                # A bare gold answer is one LaTeX expression: unwrapped, "1+x^2" parses as 1.
-                parsed = self._parse(f"${gold}$", parsing_timeout=None)
-            if not parsed:
-                parsed = self._parse(gold, parsing_timeout=None)
-            if len(self._gold_cache) > 10_000:
-                self._gold_cache.clear()
-            self._gold_cache[gold] = parsed
-        return self._gold_cache[gold]
-
-    def __call__(self, completion: str, row: dict) -> Verdict:
-        gold_text = _gold_answer(row)
-        gold = self._parse_gold(gold_text)
-        if not gold:
-            return Verdict(False, None, "error", f"error: cannot parse gold answer {gold_text!r}")
-        prediction = self._parse(completion, parsing_timeout=None)
-        if not prediction:
-            return Verdict(False, None, "ok", "no_answer")
-        extracted = str(prediction[-1])
-        correct = bool(self._verify(gold, prediction, timeout_seconds=None))  # gold first
-        return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
-
-
-class _PythonGrader:
-    def __init__(self, spec: GraderSpec) -> None:
-        self._fn = _import_python_grader(spec)
-        self._name = f"{spec.module}.{spec.function}"
-
-    def __call__(self, completion: str, row: dict) -> Verdict:
-        result = self._fn(completion, row)
-        if not isinstance(result, (bool, int)) and type(result).__name__ != "bool_":
-            return Verdict(
-                False, None, "error",
-                f"error: {self._name} returned {type(result).__name__}, expected bool",
-            )
-        correct = bool(result)
-        return Verdict(correct, extract_answer(completion), "ok", "match" if correct else "mismatch")
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
@@ -405,8 +96,7 @@ def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str) -> None:
     for name in ("math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
     try:
-        spec = parse_grader_spec(spec_raw)
-        grader = _MathVerifyGrader() if spec.kind == "math-verify" else _PythonGrader(spec)
+        grader = load_worker_grader(parse_grader_spec(spec_raw))
     except Exception as exc:
         conn.send(("init_error", str(exc)))
         conn.close()
@@ -423,7 +113,7 @@ def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str) -> None:
         try:
             verdict = grader(completion, row)
         except (Exception, SystemExit) as exc:
-            verdict = Verdict(False, None, "error", _error_reason(exc))
+            verdict = Verdict(False, None, "error", error_reason(exc))
         conn.send((task_id, verdict))
 
 
@@ -553,9 +243,9 @@ class GraderPool:
 
     def _grade_in_process(self, item: GradeItem) -> Verdict:
         try:
-            return _IN_PROCESS_GRADERS[self.spec.kind](item.completion, item.row)
+            return IN_PROCESS_GRADERS[self.spec.kind](item.completion, item.row)
         except Exception as exc:
-            return Verdict(False, None, "error", _error_reason(exc))
+            return Verdict(False, None, "error", error_reason(exc))
 
     def _start_worker(self) -> _Worker:
         ctx = _mp_context()
@@ -631,7 +321,7 @@ class GraderPool:
                     self._replace(slot, worker)
                     continue
                 except Exception as exc:  # unpicklable row or completion
-                    self._store(key, Verdict(False, None, "error", f"error: cannot send item to worker ({_error_reason(exc)})"))
+                    self._store(key, Verdict(False, None, "error", f"error: cannot send item to worker ({error_reason(exc)})"))
                     continue
                 worker.task = (task_id, key)
                 worker.deadline = time.monotonic() + self.timeout_s

@@ -1,0 +1,235 @@
+"""Grading one completion against a task row's reference answer, once, in the calling process.
+
+Owns:
+  * ``Verdict``, the outcome record every grader returns;
+  * final-answer extraction from a completion (GSM8K ``####`` marker, else the
+    last ``\\boxed{...}``) and exact number parsing;
+  * the built-in ``exact`` and ``numeric`` comparisons (``IN_PROCESS_GRADERS``);
+  * the callables that run ``math-verify`` and ``python:`` graders on one item
+    (``load_worker_grader``); they have no timeout of their own and are meant to
+    run inside a ``pool`` worker process, whose per-call timeout guards them.
+
+Does NOT own: parsing or validating spec strings (``spec``), worker processes,
+timeouts, verdict caching or statistics (``pool``), loading rows, or aggregating
+verdicts into success rates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+from gradalign.graders.spec import GraderSpec, import_math_verify, import_python_grader
+
+NUMERIC_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of grading one completion.
+
+    ``status`` is "ok", "timeout" or "error"; only "ok" verdicts can be correct.
+    ``reason`` is a short machine-friendly explanation ("match", "mismatch",
+    "no_answer", "not_a_number", "timeout after 5.0s", "error: ...").
+    """
+
+    correct: bool
+    extracted: str | None
+    status: str
+    reason: str
+
+
+# --------------------------------------------------------------------------
+# Answer extraction
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last top-level ``\\boxed{...}`` with balanced braces."""
+    found: str | None = None
+    pos = 0
+    while True:
+        match = _BOXED.search(text, pos)
+        if match is None:
+            return found
+        depth = 1
+        i = match.end()
+        while i < len(text) and depth:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            i += 1
+        if depth:  # unbalanced (e.g. truncated generation): nothing further can close
+            return found
+        found = text[match.end() : i - 1].strip()
+        pos = i
+
+
+def extract_answer(text: str) -> str | None:
+    """Final answer of a completion, or None.
+
+    The text after the LAST ``####`` up to the end of that line, stripped
+    (GSM8K convention); if there is no marker (or nothing follows it), the
+    content of the last ``\\boxed{...}``; else None.
+    """
+    marker = text.rfind("####")
+    if marker >= 0:
+        answer = text[marker + 4 :].split("\n", 1)[0].strip()
+        if answer:
+            return answer
+    boxed = _last_boxed(text)
+    return boxed if boxed else None
+
+
+_NUMBER = re.compile(
+    r"""
+    (?P<sign>[+-]?)\s*
+    (?:
+        (?P<num>\d+)\s*/\s*(?P<den>\d+)                      # fraction 3/4
+      | (?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d*))?  # 1,234.5 / 0.5 / .5 / 12
+    )
+    """,
+    re.VERBOSE,
+)
+_MAX_NUMBER_CHARS = 200  # bounds the work on adversarial completions
+
+
+def parse_number(text: str) -> Fraction | None:
+    """Parse an int, decimal or ``a/b`` fraction (commas as thousands separators,
+    optional leading sign) exactly; None if the text is not such a number."""
+    text = text.strip()
+    if not text or len(text) > _MAX_NUMBER_CHARS:
+        return None
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    sign = -1 if match["sign"] == "-" else 1
+    if match["num"] is not None:
+        den = int(match["den"])
+        return None if den == 0 else sign * Fraction(int(match["num"]), den)
+    int_part = (match["int"] or "").replace(",", "")
+    frac_part = match["frac"] or ""
+    if not int_part and not frac_part:
+        return None
+    value = Fraction(int(int_part or "0"))
+    if frac_part:
+        value += Fraction(int(frac_part), 10 ** len(frac_part))
+    return sign * value
+
+
+def numbers_close(a: Fraction, b: Fraction, tol: float = NUMERIC_TOLERANCE) -> bool:
+    """Equal within relative OR absolute tolerance ``tol`` (exact arithmetic)."""
+    tolerance = Fraction(tol)
+    return abs(a - b) <= max(tolerance * max(abs(a), abs(b)), tolerance)
+
+
+# --------------------------------------------------------------------------
+# Built-in comparisons (run in the caller's process)
+
+
+def _gold_answer(row: dict) -> str:
+    if "answer" not in row:
+        raise KeyError("row has no 'answer' field")
+    gold = str(row["answer"])
+    # A raw GSM8K solution as gold: compare against its final answer.
+    if "####" in gold:
+        gold = extract_answer(gold) or ""
+    return gold.strip()
+
+
+def _grade_exact(completion: str, row: dict) -> Verdict:
+    gold = _gold_answer(row)
+    extracted = extract_answer(completion)
+    if extracted is None:
+        return Verdict(False, None, "ok", "no_answer")
+    correct = extracted.strip() == gold
+    return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
+
+
+def _grade_numeric(completion: str, row: dict) -> Verdict:
+    gold_text = _gold_answer(row)
+    gold = parse_number(gold_text)
+    if gold is None:
+        return Verdict(False, None, "error", f"error: gold answer {gold_text!r} is not a number")
+    extracted = extract_answer(completion)
+    if extracted is None:
+        return Verdict(False, None, "ok", "no_answer")
+    value = parse_number(extracted)
+    if value is None:
+        return Verdict(False, extracted, "ok", "not_a_number")
+    correct = numbers_close(value, gold)
+    return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
+
+
+IN_PROCESS_GRADERS: dict[str, Callable[[str, dict], Verdict]] = {
+    "exact": _grade_exact,
+    "numeric": _grade_numeric,
+}
+
+
+def error_reason(exc: BaseException) -> str:
+    """A grader's exception as a one-line ``error: ...`` verdict reason (at most 500 chars)."""
+    message = " ".join(str(exc).split())
+    return f"error: {type(exc).__name__}: {message}"[:500]
+
+
+# --------------------------------------------------------------------------
+# Graders meant for worker processes (no timeout of their own)
+
+
+class _MathVerifyGrader:
+    """math-verify with its signal.alarm timeouts disabled (the pool's process timeout guards)."""
+
+    def __init__(self) -> None:
+        self._parse, self._verify = import_math_verify()
+        self._gold_cache: dict[str, list] = {}
+
+    def _parse_gold(self, gold: str) -> list:
+        if gold not in self._gold_cache:
+            parsed: list = []
+            if "$" not in gold and "\\boxed" not in gold:
+                # A bare gold answer is one LaTeX expression: unwrapped, "1+x^2" parses as 1.
+                parsed = self._parse(f"${gold}$", parsing_timeout=None)
+            if not parsed:
+                parsed = self._parse(gold, parsing_timeout=None)
+            if len(self._gold_cache) > 10_000:
+                self._gold_cache.clear()
+            self._gold_cache[gold] = parsed
+        return self._gold_cache[gold]
+
+    def __call__(self, completion: str, row: dict) -> Verdict:
+        gold_text = _gold_answer(row)
+        gold = self._parse_gold(gold_text)
+        if not gold:
+            return Verdict(False, None, "error", f"error: cannot parse gold answer {gold_text!r}")
+        prediction = self._parse(completion, parsing_timeout=None)
+        if not prediction:
+            return Verdict(False, None, "ok", "no_answer")
+        extracted = str(prediction[-1])
+        correct = bool(self._verify(gold, prediction, timeout_seconds=None))  # gold first
+        return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
+
+
+class _PythonGrader:
+    def __init__(self, spec: GraderSpec) -> None:
+        self._fn = import_python_grader(spec)
+        self._name = f"{spec.module}.{spec.function}"
+
+    def __call__(self, completion: str, row: dict) -> Verdict:
+        result = self._fn(completion, row)
+        if not isinstance(result, (bool, int)) and type(result).__name__ != "bool_":
+            return Verdict(
+                False, None, "error",
+                f"error: {self._name} returned {type(result).__name__}, expected bool",
+            )
+        correct = bool(result)
+        return Verdict(correct, extract_answer(completion), "ok", "match" if correct else "mismatch")
+
+
+def load_worker_grader(spec: GraderSpec) -> Callable[[str, dict], Verdict]:
+    """The callable for a ``math-verify`` or ``python:`` spec; raises ``GraderSpecError`` if it cannot load."""
+    return _MathVerifyGrader() if spec.kind == "math-verify" else _PythonGrader(spec)
