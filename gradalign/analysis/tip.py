@@ -1,0 +1,124 @@
+"""TIP token quadrants (arXiv 2604.14084): student entropy H x teacher-student divergence D.
+
+Owns: `QUADRANTS` / `QUADRANT_NAMES`, `tip_thresholds` (the H and D quantile thresholds, per config
+by default), `tip_quadrants` (every token labelled Q1..Q4) and `quadrant_summary` (token shares and
+mean alignment per config x loss x quadrant).
+
+Does not own: per-token weights built from quadrants (`weights`, rule `keep-tip`), nor the
+divergence columns themselves (`gradalign.engine` writes them to the tokens table).
+
+Conventions: "high" means strictly above the threshold. For `dist_cos` (a similarity) D is
+1 - dist_cos. Q1 = high H / high D, Q2 = high H / low D, Q3 = low H / high D, Q4 = low H / low D.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gradalign.analysis.schema import (
+    DIVERGENCES,
+    TOKEN_KEY,
+    AnalysisError,
+    _check_loss,
+    _check_metric,
+    _check_quantile,
+    _require,
+)
+
+QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
+QUADRANT_NAMES = {
+    "Q1": "high H / high D",
+    "Q2": "high H / low D",
+    "Q3": "low H / high D (overconfident and wrong)",
+    "Q4": "low H / low D",
+}
+
+
+def _divergence_values(tokens, divergence: str):
+    if divergence not in DIVERGENCES:
+        raise AnalysisError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+    _require(tokens, [divergence, "student_entropy", "config"], "tokens")
+    v = tokens[divergence].astype(float)
+    return 1.0 - v if divergence == "dist_cos" else v  # a cosine is a similarity: divergence = 1 - cos
+
+
+def tip_thresholds(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5, d_quantile: float = 0.5,
+                   per_config: bool = True):
+    """Entropy and divergence thresholds of the TIP quadrants: quantiles of student_entropy and of the
+    divergence column (for `dist_cos`, of 1 - dist_cos), within each config (default, since the
+    divergence depends on the teacher) or pooled over configs.
+
+    Returns config, measure, h_quantile, d_quantile, entropy_threshold, divergence_threshold.
+    """
+    import pandas as pd
+
+    _check_quantile(h_quantile, "h_quantile")
+    _check_quantile(d_quantile, "d_quantile")
+    dv = _divergence_values(tokens, divergence)
+    h = tokens["student_entropy"].astype(float)
+    configs = sorted(set(tokens["config"]))
+    rows = []
+    for c in configs:
+        mask = (tokens["config"] == c) if per_config else slice(None)
+        rows.append({"config": c, "measure": divergence, "h_quantile": h_quantile, "d_quantile": d_quantile,
+                     "entropy_threshold": float(h[mask].quantile(h_quantile)),
+                     "divergence_threshold": float(dv[mask].quantile(d_quantile))})
+    return pd.DataFrame(rows, columns=["config", "measure", "h_quantile", "d_quantile", "entropy_threshold", "divergence_threshold"])
+
+
+def tip_quadrants(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5, d_quantile: float = 0.5,
+                  per_config: bool = True):
+    """Tokens with their TIP quadrant (arXiv 2604.14084 axes: student entropy H x teacher-student
+    divergence D). "High" means strictly above the threshold of `tip_thresholds`.
+
+    Q1 = high H / high D, Q2 = high H / low D, Q3 = low H / high D (overconfident and wrong),
+    Q4 = low H / low D. Adds columns divergence (the value used), high_entropy, high_divergence,
+    quadrant.
+    """
+    import numpy as np
+
+    th = tip_thresholds(tokens, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile, per_config=per_config)
+    out = tokens.copy()
+    out["divergence"] = _divergence_values(tokens, divergence)
+    m = out[["config"]].merge(th[["config", "entropy_threshold", "divergence_threshold"]], on="config", how="left")
+    out["high_entropy"] = out["student_entropy"].astype(float).to_numpy() > m["entropy_threshold"].to_numpy()
+    out["high_divergence"] = out["divergence"].to_numpy() > m["divergence_threshold"].to_numpy()
+    hi_h, hi_d = out["high_entropy"].to_numpy(), out["high_divergence"].to_numpy()
+    out["quadrant"] = np.select([hi_h & hi_d, hi_h & ~hi_d, ~hi_h & hi_d], ["Q1", "Q2", "Q3"], "Q4")
+    return out
+
+
+def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: str | None = None):
+    """Share of tokens and mean alignment per config x loss x TIP quadrant.
+
+    `quadrant_tokens` comes from `tip_quadrants`. Alignment is only known at branched nodes, so the
+    mean joins alignment rows (of `loss`, or every loss) to the token row of the same node and config.
+    Returns config, loss, quadrant, n_tokens, share_tokens (within the config), mean_entropy,
+    mean_divergence, n_nodes, mean_alignment.
+    """
+    import pandas as pd
+
+    _check_metric(alignment, metric)
+    _require(quadrant_tokens, [*TOKEN_KEY, "quadrant", "divergence"], "quadrant tokens")
+    a = alignment if loss is None else alignment[alignment["loss"] == _check_loss(alignment, loss)]
+    qt = quadrant_tokens
+    tok = qt.groupby(["config", "quadrant"]).agg(n_tokens=("quadrant", "size"), mean_entropy=("student_entropy", "mean"),
+                                                mean_divergence=("divergence", "mean"))
+    total = qt.groupby("config").size()
+    j = a.merge(qt[[*TOKEN_KEY, "quadrant"]].drop_duplicates(TOKEN_KEY), on=TOKEN_KEY, how="inner").dropna(subset=[metric])
+    al = j.groupby(["config", "loss", "quadrant"])[metric].agg(["count", "mean"])
+    rows = []
+    for config in sorted(set(qt["config"])):
+        for ls in sorted(set(a["loss"])):
+            for qd in QUADRANTS:
+                n_tok = int(tok["n_tokens"].get((config, qd), 0))
+                rows.append({
+                    "config": config, "loss": ls, "quadrant": qd, "n_tokens": n_tok,
+                    "share_tokens": n_tok / int(total.get(config, 0)) if total.get(config, 0) else math.nan,
+                    "mean_entropy": float(tok["mean_entropy"].get((config, qd), math.nan)),
+                    "mean_divergence": float(tok["mean_divergence"].get((config, qd), math.nan)),
+                    "n_nodes": int(al["count"].get((config, ls, qd), 0)),
+                    "mean_alignment": float(al["mean"].get((config, ls, qd), math.nan)),
+                })
+    return pd.DataFrame(rows, columns=["config", "loss", "quadrant", "n_tokens", "share_tokens", "mean_entropy",
+                                       "mean_divergence", "n_nodes", "mean_alignment"])
