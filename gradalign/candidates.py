@@ -59,3 +59,13 @@ def candidate_set(
                 break
             add(t, "coverage")
     return tuple(out)
+
+
+def slots_per_node(branching, n_configs: int) -> int:
+    """Estimation slots a node is budgeted for: the candidate set's usual size (the sampled token,
+    the student's and each of `n_configs` configs' top-k, capped at `max_candidates`) plus the
+    residual bucket. `branching` is the config's `BranchingConfig`. Selectors charge this times M
+    per node; preflight checks that one node fits the budget. Coverage candidates are not foreseen
+    (their number depends on the node), so a budget with coverage on is approximate."""
+    b = branching
+    return min(b.max_candidates, 1 + b.top_k * (1 + n_configs)) + int(b.residual)

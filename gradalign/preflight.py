@@ -56,6 +56,7 @@ def _max_positions(source: str, is_local: bool) -> int | None:
 def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightReport:
     """Run all pre-load checks; raises PreflightError / TaskError / ModelError / GraderSpecError."""
     from gradalign import models
+    from gradalign.candidates import slots_per_node
     from gradalign.graders import check_grader
     from gradalign.selectors import branch_cost
     from gradalign.tasks import encode_prefix, load_task, render
@@ -119,7 +120,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
             )
 
     b = cfg.branching
-    per_node = (min(b.max_candidates, 1 + b.top_k * (1 + len(cfg.teachers))) + int(b.residual)) * b.continuations
+    per_node = slots_per_node(b, len(cfg.teachers)) * b.continuations
     cheapest = branch_cost(1, 0, per_node)  # a one-token continuation from the last position
     if b.budget_continuations and b.budget_continuations < cheapest.continuations:
         raise PreflightError(

@@ -1,110 +1,231 @@
-"""Output tables: schemas, atomic Parquet writes, the manifest, and `load`.
+"""The one schema owner: typed rows, the manifest, atomic writes, and `load`.
 
-Owns: the column lists and dtypes of the four long-format tables (rollouts, tokens, nodes,
-alignment), writing them with the schema version in the Parquet file metadata via
-write-to-temp-then-rename, the manifest written last (its presence marks a complete run), and
-`load(dir)` which every reader (reports, notebooks) goes through. Does not own computing the rows.
+Owns: the schema version; the typed row records of the four run tables (`RolloutRow`, `TokenRow`,
+`NodeRow`, `AlignmentRow`) and of the weights file (`WeightRow`), whose fields (with their Arrow
+type and description as field metadata) ARE the table columns; the typed `Manifest`; one atomic
+writer (`write_table`: temp file + rename, schema version and table name in the Parquet metadata)
+that rejects missing and unknown columns; `write_json`; `concat_tables`; and `load(dir)`, which
+every reader (reports, notebooks, the CLI) goes through. Does not own computing the rows (the
+pipeline stages build them) nor the run-folder layout of shards (`engine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from gradalign.errors import GradalignError
 
 SCHEMA_VERSION = "1"
-TABLES = ("rollouts", "tokens", "nodes", "alignment")
+TABLES = ("rollouts", "tokens", "nodes", "alignment")  # the run tables; "weights" is written by `gradalign weights`
 
-# name -> (column, pyarrow type name, description)
+
+def _col(arrow_type: str, doc: str = ""):
+    """A column: its Arrow type name (a `pyarrow` factory, or "bool") and its description."""
+    return field(metadata={"type": arrow_type, "doc": doc})
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """One student rollout (rollouts.parquet)."""
+
+    question_id: str = _col("string", "task row id")
+    rollout_id: int = _col("int32", "index of the rollout within its question")
+    prompt: str = _col("string", "prompt text the student saw")
+    completion: str = _col("string", "decoded completion (EOS excluded)")
+    n_tokens: int = _col("int32", "completion length in tokens")
+    correct: bool = _col("bool", "grader verdict (a truncated rollout is never correct)")
+    extracted_answer: str | None = _col("string", "answer the grader extracted (null if none)")
+    truncated: bool = _col("bool", "hit max_new_tokens without EOS")
+    status: str = _col("string", "ok | timeout | error (grader status)")
+    reason: str = _col("string", "grader reason ('truncated; ...' when cut)")
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """One rollout token under one config (tokens.parquet). The scoring stage builds this table
+    column-wise (`{column: list}`) for speed; the writer checks the columns against these fields."""
+
+    question_id: str = _col("string", "")
+    rollout_id: int = _col("int32", "")
+    config: str = _col("string", "teacher/context config name")
+    position: int = _col("int32", "completion position t (node = prompt + y_<t)")
+    token_id: int = _col("int32", "sampled token y_t")
+    token_text: str = _col("string", "decoded y_t")
+    student_logprob: float = _col("float32", "log p(y_t)")
+    student_entropy: float = _col("float32", "H(p) in nats")
+    teacher_logprob: float = _col("float32", "log q(y_t)")
+    teacher_entropy: float = _col("float32", "H(q) in nats")
+    kl_pq: float = _col("float32", "KL(p||q) (reverse KL, the OPD direction)")
+    kl_qp: float = _col("float32", "KL(q||p) (forward KL)")
+    jsd: float = _col("float32", "generalized JSD with the configured beta")
+    dist_cos: float = _col("float32", "cosine between the p and q probability vectors")
+    branched: bool = _col("bool", "position was a branched node")
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One candidate (or the residual bucket) at one branched node (nodes.parquet)."""
+
+    question_id: str = _col("string", "")
+    rollout_id: int = _col("int32", "")
+    position: int = _col("int32", "")
+    candidate_id: int = _col("int32", "candidate token id (-1 for the residual bucket)")
+    candidate_text: str = _col("string", "")
+    source: str = _col("string", "sampled | student_topk | teacher_topk | coverage | residual")
+    source_config: str = _col("string", "config that proposed a teacher_topk candidate")
+    student_prob: float = _col("float64", "p(candidate); residual: mass outside the candidate set")
+    success: float = _col("float64", "S_k: success rate of continuations after the candidate")
+    n: int = _col("int32", "graded continuations")
+    successes: int = _col("int32", "")
+    truncated: int = _col("int32", "continuations cut by max_new_tokens (counted as failures)")
+    ci_low: float = _col("float64", "Wilson 95% interval")
+    ci_high: float = _col("float64", "")
+    selector: str = _col("string", "why the node was chosen")
+
+
+@dataclass(frozen=True)
+class AlignmentRow:
+    """One branched node x config x loss (alignment.parquet)."""
+
+    question_id: str = _col("string", "")
+    rollout_id: int = _col("int32", "")
+    position: int = _col("int32", "")
+    token_id: int = _col("int32", "sampled token at the node")
+    token_text: str = _col("string", "")
+    correct: bool = _col("bool", "the rollout's verdict")
+    config: str = _col("string", "")
+    loss: str = _col("string", "reverse_kl | forward_kl | jsd | sampled_token")
+    cos: float = _col("float64", "cosine(ideal gradient, distillation descent direction), full vocabulary")
+    cos_candidates: float = _col("float64", "same, restricted to the candidate set")
+    cos_debiased: float = _col("float64", "split-half noise-corrected cosine (may exceed 1 in magnitude)")
+    norm_ideal: float = _col("float64", "||p (S - V)||")
+    norm_distill: float = _col("float64", "||d||")
+    teacher_advantage: float = _col("float64", "sum q S - sum p S")
+    value: float = _col("float64", "V = sum p S at the node")
+    reason: str = _col("string", "why a cosine is NaN ('' when all are defined)")
+
+
+@dataclass(frozen=True)
+class WeightRow:
+    """One completion token's loss weight for an OPD trainer (`gradalign weights`)."""
+
+    question_id: str = _col("string", "")
+    rollout_id: int = _col("int32", "")
+    position: int = _col("int32", "completion position (0 = first generated token)")
+    weight: float = _col("float32", "multiply the trainer's per-token loss by this")
+
+
+ROW_TYPES: dict[str, type] = {
+    "rollouts": RolloutRow, "tokens": TokenRow, "nodes": NodeRow, "alignment": AlignmentRow, "weights": WeightRow,
+}
+
+# name -> ((column, arrow type name, description), ...): derived from the row records above.
 COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "rollouts": (
-        ("question_id", "string", "task row id"),
-        ("rollout_id", "int32", "index of the rollout within its question"),
-        ("prompt", "string", "prompt text the student saw"),
-        ("completion", "string", "decoded completion (EOS excluded)"),
-        ("n_tokens", "int32", "completion length in tokens"),
-        ("correct", "bool", "grader verdict"),
-        ("extracted_answer", "string", "answer the grader extracted (null if none)"),
-        ("truncated", "bool", "hit max_new_tokens without EOS"),
-        ("status", "string", "ok | timeout | error (grader status)"),
-        ("reason", "string", "grader reason"),
-    ),
-    "tokens": (
-        ("question_id", "string", ""),
-        ("rollout_id", "int32", ""),
-        ("config", "string", "teacher/context config name"),
-        ("position", "int32", "completion position t (node = prompt + y_<t)"),
-        ("token_id", "int32", "sampled token y_t"),
-        ("token_text", "string", "decoded y_t"),
-        ("student_logprob", "float32", "log p(y_t)"),
-        ("student_entropy", "float32", "H(p) in nats"),
-        ("teacher_logprob", "float32", "log q(y_t)"),
-        ("teacher_entropy", "float32", "H(q) in nats"),
-        ("kl_pq", "float32", "KL(p||q) (reverse KL, the OPD direction)"),
-        ("kl_qp", "float32", "KL(q||p) (forward KL)"),
-        ("jsd", "float32", "generalized JSD with the configured beta"),
-        ("dist_cos", "float32", "cosine between the p and q probability vectors"),
-        ("branched", "bool", "position was a branched node"),
-    ),
-    "nodes": (
-        ("question_id", "string", ""),
-        ("rollout_id", "int32", ""),
-        ("position", "int32", ""),
-        ("candidate_id", "int32", "candidate token id (-1 for the residual bucket)"),
-        ("candidate_text", "string", ""),
-        ("source", "string", "sampled | student_topk | teacher_topk | coverage | residual"),
-        ("source_config", "string", "config that proposed a teacher_topk candidate"),
-        ("student_prob", "float64", "p(candidate); residual: mass outside the candidate set"),
-        ("success", "float64", "S_k: success rate of continuations after the candidate"),
-        ("n", "int32", "graded continuations"),
-        ("successes", "int32", ""),
-        ("truncated", "int32", "continuations cut by max_new_tokens (counted as failures)"),
-        ("ci_low", "float64", "Wilson 95% interval"),
-        ("ci_high", "float64", ""),
-        ("selector", "string", "why the node was chosen"),
-    ),
-    "alignment": (
-        ("question_id", "string", ""),
-        ("rollout_id", "int32", ""),
-        ("position", "int32", ""),
-        ("token_id", "int32", "sampled token at the node"),
-        ("token_text", "string", ""),
-        ("correct", "bool", "the rollout's verdict"),
-        ("config", "string", ""),
-        ("loss", "string", "reverse_kl | forward_kl | jsd | sampled_token"),
-        ("cos", "float64", "cosine(ideal gradient, distillation descent direction), full vocabulary"),
-        ("cos_candidates", "float64", "same, restricted to the candidate set"),
-        ("cos_debiased", "float64", "split-half noise-corrected cosine (may exceed 1 in magnitude)"),
-        ("norm_ideal", "float64", "||p (S - V)||"),
-        ("norm_distill", "float64", "||d||"),
-        ("teacher_advantage", "float64", "sum q S - sum p S"),
-        ("value", "float64", "V = sum p S at the node"),
-        ("reason", "string", "why a cosine is NaN ('' when all are defined)"),
-    ),
+    name: tuple((f.name, f.metadata["type"], f.metadata["doc"]) for f in dataclasses.fields(rt))
+    for name, rt in ROW_TYPES.items()
 }
 
 
 class RunIncomplete(GradalignError, RuntimeError):
-    """The folder has no manifest: the run did not finish (or is not a gradalign run)."""
+    """The folder is not a complete run of this schema (no manifest, a missing table, another
+    schema version, or a file that does not parse)."""
 
 
 class RunFolderError(GradalignError, FileExistsError):
     """The output folder cannot take this run (not empty, or made with another config)."""
 
 
+class SchemaMismatch(ValueError):
+    """Rows handed to the writer do not match the table's columns (a bug, not a user error)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, written last: its presence marks a complete run.
+
+    Read access by key (`m["faults"]`, `m.get("config")`) is kept for code written against the
+    earlier plain-dict manifest; new code reads attributes.
+    """
+
+    schema_version: str  # SCHEMA_VERSION of the tables
+    complete: bool  # always True: the manifest is written only when every shard is done
+    gradalign_version: str | None  # == versions["gradalign"], kept at top level for quick reading
+    versions: dict  # python and package versions (`package_versions`)
+    git_commit: str | None  # commit of the gradalign checkout, when run from one
+    created: str  # UTC time the manifest was written (ISO 8601)
+    config_fingerprint: str  # hash of the resolved config: resume only continues the same fingerprint
+    config: dict  # the resolved config (`RunConfig.to_dict`)
+    config_source: str  # where the config came from (file path or "<dict>")
+    models: dict  # {"student": {ref, hash}, "teachers": {name: {model, hash, context}}}
+    seeds: dict  # {"run": seed, "derivation": how per-item seeds derive from stable ids}
+    task: dict  # {"source": task file, "questions": count}
+    row_counts: dict  # table name -> rows
+    continuations: int  # continuations sampled for branches (all rounds)
+    shards: dict  # {"total", "resumed", "size"}
+    selection: list  # per rollout: nodes chosen, nodes dropped by the budget, tokens/continuations spent
+    teacher_prefix_hashes: dict  # "question|config" -> hash of the teacher's token prefix
+    grader: dict  # {"spec", calls, errors, timeouts, ...} (graders' pool statistics)
+    faults: dict  # runtime faults recorded per row (never a crash), by kind
+    timings_s: dict  # seconds per stage, summed over shards, plus load and total
+    columns: dict  # table name -> column names
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "manifest") -> Manifest:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in d]
+        unknown = [k for k in d if k not in names]
+        if missing or unknown:
+            raise RunIncomplete(f"{source}: not a gradalign {SCHEMA_VERSION} manifest "
+                                f"(missing {missing or 'none'}, unknown {unknown or 'none'})")
+        return cls(**{n: d[n] for n in names})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dataclass_fields__
+
+
 @dataclass(frozen=True)
 class Tables:
-    """The four tables of a run as pandas DataFrames, plus its manifest."""
+    """The four tables of a run as pandas DataFrames, plus its manifest (a `Manifest` for one run;
+    a plain mapping {"runs": [...], "run_names": [...]} for runs combined by `analysis`)."""
 
     rollouts: Any
     tokens: Any
     nodes: Any
     alignment: Any
-    manifest: dict
+    manifest: Any
+
+
+def package_versions() -> dict:
+    """Python and the versions of the packages a result depends on (the one place they are read)."""
+    import importlib.metadata as md
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("gradalign", "torch", "transformers", "numpy", "pandas", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 def arrow_schema(name: str):
@@ -113,31 +234,65 @@ def arrow_schema(name: str):
     return pa.schema([pa.field(c, pa.bool_() if t == "bool" else getattr(pa, t)()) for c, t, _ in COLUMNS[name]])
 
 
-def write_table(name: str, rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence], path: Path, meta: Mapping[str, str] | None = None) -> None:
-    """Write rows (list of dicts, or dict of columns) as Parquet, atomically (temp + rename)."""
-    import pyarrow as pa
+def _columns_of(name: str, rows) -> dict[str, list]:
+    """Rows (a sequence of the table's row records, or a {column: list} mapping) as columns,
+    refusing missing, unknown or ragged columns and rows of another record type."""
+    names = [c for c, _, _ in COLUMNS[name]]
+    if isinstance(rows, Mapping):
+        missing = [c for c in names if c not in rows]
+        unknown = [c for c in rows if c not in names]
+        if missing or unknown:
+            raise SchemaMismatch(f"{name}: missing columns {missing}, unknown columns {unknown}")
+        lengths = {len(rows[c]) for c in names}
+        if len(lengths) > 1:
+            raise SchemaMismatch(f"{name}: columns of different lengths {sorted(lengths)}")
+        return {c: list(rows[c]) for c in names}
+    rt = ROW_TYPES[name]
+    rows = list(rows)
+    bad = next((r for r in rows if type(r) is not rt), None)
+    if bad is not None:
+        raise SchemaMismatch(f"{name}: expected {rt.__name__} rows, got {type(bad).__name__}")
+    return {c: [getattr(r, c) for r in rows] for c in names}
+
+
+def _write_parquet(name: str, table, path: Path, meta: Mapping[str, str] | None) -> None:
+    """Stamp the schema version, table name and `meta` (as gradalign.<key>) into the Parquet
+    metadata and write atomically (temp file in the same folder, then rename)."""
     import pyarrow.parquet as pq
 
-    schema = arrow_schema(name)
-    if isinstance(rows, Mapping):
-        table = pa.Table.from_pydict({c: list(rows.get(c, [])) for c in schema.names}, schema=schema)
-    else:
-        table = pa.Table.from_pylist(list(rows), schema=schema)
     md = {b"gradalign.schema_version": SCHEMA_VERSION.encode(), b"gradalign.table": name.encode()}
     for k, v in (meta or {}).items():
         md[f"gradalign.{k}".encode()] = str(v).encode()
     table = table.replace_schema_metadata(md)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(name: str, rows: Sequence[Any] | Mapping[str, Sequence], path: Path, meta: Mapping[str, str] | None = None) -> int:
+    """Write one table (row records, or {column: list}) as Parquet, atomically. Returns its rows."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict(_columns_of(name, rows), schema=arrow_schema(name))
+    _write_parquet(name, table, Path(path), meta)
+    return table.num_rows
 
 
 def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically (temp file + rename). A `Manifest` is written as its dict."""
+    if isinstance(obj, Manifest):
+        obj = obj.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def concat_tables(name: str, paths: Sequence[Path], out: Path, meta: Mapping[str, str] | None = None) -> int:
@@ -148,31 +303,42 @@ def concat_tables(name: str, paths: Sequence[Path], out: Path, meta: Mapping[str
     schema = arrow_schema(name)
     parts = [pq.read_table(p).cast(schema) for p in paths] or [schema.empty_table()]
     table = pa.concat_tables(parts)
-    md = {b"gradalign.schema_version": SCHEMA_VERSION.encode(), b"gradalign.table": name.encode()}
-    for k, v in (meta or {}).items():
-        md[f"gradalign.{k}".encode()] = str(v).encode()
-    table = table.replace_schema_metadata(md)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    _write_parquet(name, table, Path(out), meta)
     return table.num_rows
+
+
+def read_manifest(run_dir: str | os.PathLike) -> Manifest:
+    """The typed manifest of a finished run folder."""
+    p = Path(run_dir) / "manifest.json"
+    if not p.exists():
+        raise RunIncomplete(f"{Path(run_dir)}: no manifest.json; the run is incomplete or not a gradalign run")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunIncomplete(f"{p}: not valid JSON ({e}); rerun `gradalign diagnose ... --resume` to rewrite it") from None
+    if not isinstance(d, dict):
+        raise RunIncomplete(f"{p}: expected a JSON object")
+    if str(d.get("schema_version")) != SCHEMA_VERSION:
+        raise RunIncomplete(f"{p}: schema version {d.get('schema_version')!r}, this gradalign reads {SCHEMA_VERSION}")
+    return Manifest.from_dict(d, source=str(p))
 
 
 def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False) -> Tables:
     """Read a run folder into DataFrames. Raises RunIncomplete if the manifest is missing."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     d = Path(run_dir)
-    mpath = d / "manifest.json"
-    if not mpath.exists() and not allow_incomplete:
-        raise RunIncomplete(f"{d}: no manifest.json; the run is incomplete or not a gradalign run")
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    manifest: Any = read_manifest(d) if (d / "manifest.json").exists() or not allow_incomplete else {}
     frames = {}
     for name in TABLES:
         p = d / f"{name}.parquet"
         if not p.exists():
             raise RunIncomplete(f"{p}: missing table")
-        t = pq.read_table(p)
+        try:
+            t = pq.read_table(p)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RunIncomplete(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
         version = (t.schema.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
         if version != SCHEMA_VERSION:
             raise RunIncomplete(f"{p}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")

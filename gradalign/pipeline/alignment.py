@@ -1,0 +1,106 @@
+"""Stage 6: from graded continuations to S, V, the ideal gradient, and cosines per config x loss.
+
+Owns: `align`: per branch, the success estimates of each candidate and the residual bucket
+(`tables.NodeRow`s), the full-vocabulary success vector S (candidates' rates; the residual rate for
+every other token), V = sum p S, the ideal gradient g* = p (S - V), and for every config x loss
+the distillation descent direction d, cos(g*, d) over the full vocabulary and over K, the
+split-half debiased cosine, norms, the teacher advantage and the reason a cosine is undefined
+(`tables.AlignmentRow`s). A non-finite student or teacher distribution is a row with a reason,
+never a crash. Does not own the formulas (`gradalign.gradients`, `gradalign.estimates`).
+
+Shapes: V vocabulary, K candidates; p, q, S, g*, d are [V] float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from gradalign import gradients as G
+from gradalign.estimates import full_vocab_success
+from gradalign.pipeline.branching import RESIDUAL, Branch, BranchOutcomes
+from gradalign.pipeline.resources import Resources
+from gradalign.pipeline.scoring import NodeDists
+from gradalign.tables import AlignmentRow, NodeRow
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The nodes and alignment tables' rows of one batch of branches."""
+
+    nodes: list[NodeRow]
+    rows: list[AlignmentRow]
+
+
+def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
+          dists: dict[tuple[str, int], NodeDists]) -> Alignment:
+    """Node rows (one per candidate, plus the residual bucket) and alignment rows (one per node x
+    config x loss) for every branch, in branch order."""
+    cfg, tok = res.cfg, res.tokenizer
+    beta = cfg.distill.jsd_beta
+    node_rows: list[NodeRow] = []
+    align_rows: list[AlignmentRow] = []
+    for bi, br in enumerate(branches):
+        r, t = br.rollout, br.position
+        d = dists[(r.question_id, r.rollout_id)]
+        lp = d.student[br.node_index]
+        p = lp.exp()
+        student_ok = bool(torch.isfinite(lp).all())
+        V = p.numel()
+        ids = torch.tensor([c.token_id for c in br.candidates])
+
+        def node_row(cid: int, text: str, source: str, source_config: str, prob: float, e) -> NodeRow:
+            return NodeRow(
+                question_id=r.question_id, rollout_id=r.rollout_id, position=t, candidate_id=cid, candidate_text=text,
+                source=source, source_config=source_config, student_prob=prob, success=e.rate, n=e.n,
+                successes=e.successes, truncated=e.truncated, ci_low=e.ci.low, ci_high=e.ci.high, selector=br.reason,
+            )
+
+        slots = [outcomes.estimate(bi, k) for k in range(len(br.candidates))]
+        for c, s in zip(br.candidates, slots):
+            node_rows.append(node_row(c.token_id, tok.decode([c.token_id]), c.source, c.source_config, float(p[c.token_id]), s.estimate))
+        rest = rest_a = rest_b = None
+        if br.residual_tokens:
+            s = outcomes.estimate(bi, RESIDUAL)
+            rest, rest_a, rest_b = s.estimate.rate, s.halves.a.rate, s.halves.b.rate
+            node_rows.append(node_row(-1, "", "residual", "", br.residual_mass, s.estimate))
+        rates = torch.tensor([s.estimate.rate for s in slots], dtype=torch.float64)
+        S = full_vocab_success(V, ids, rates, rest)
+        g = G.ideal_gradient(p, S)
+        value = float(G.node_value(p, S))
+        ha = torch.tensor([s.halves.a.rate for s in slots], dtype=torch.float64)
+        hb = torch.tensor([s.halves.b.rate for s in slots], dtype=torch.float64)
+        halves_ok = bool(torch.isfinite(ha).all() and torch.isfinite(hb).all()) and (
+            rest is None or (math.isfinite(rest_a) and math.isfinite(rest_b))
+        )
+        if halves_ok:
+            g_a = G.ideal_gradient(p, full_vocab_success(V, ids, ha, rest_a))
+            g_b = G.ideal_gradient(p, full_vocab_success(V, ids, hb, rest_b))
+        y = r.token_ids[t]
+        for teacher in res.teachers:
+            lq = d.teachers[teacher.name][br.node_index]
+            q = lq.exp()
+            teacher_ok = bool(torch.isfinite(lq).all())
+            adv = float(G.teacher_advantage(p, q, S))
+            for loss in cfg.distill.losses:
+                if not (student_ok and teacher_ok):  # a runtime fault is a row with a reason, not a crash
+                    nan = G.Cosine(math.nan, "nonfinite_student_logits" if not student_ok else "nonfinite_teacher_logits")
+                    dvec, c_full, c_cand, c_deb = torch.full_like(p, math.nan), nan, nan, nan
+                else:
+                    dvec = G.distill_direction(loss, lp, lq, token=torch.tensor(y), beta=beta)
+                    c_full = G.cosine(g, dvec)
+                    c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
+                    c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
+                reasons = [x for x in (c_full.reason, c_cand.reason and f"candidates:{c_cand.reason}",
+                                       c_deb.reason and f"debiased:{c_deb.reason}") if x]
+                align_rows.append(AlignmentRow(
+                    question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
+                    token_text=tok.decode([y]), correct=r.correct, config=teacher.name, loss=loss,
+                    cos=c_full.value, cos_candidates=c_cand.value, cos_debiased=c_deb.value,
+                    norm_ideal=float(g.norm()), norm_distill=float(dvec.norm()),
+                    teacher_advantage=adv, value=value, reason=";".join(dict.fromkeys(reasons)),
+                ))
+    return Alignment(node_rows, align_rows)

@@ -1,0 +1,139 @@
+"""Stages 4-5: candidates at each node and their graded continuations.
+
+Owns: `plan_branches` (the candidate set K at each node via `candidates.candidate_set`, and the
+residual bucket's first tokens: M draws from p renormalised outside K, seeded by the node, when the
+mass outside K is at least `branching.residual_min_mass`), and `run_branches` (M continuations per
+candidate and for the residual bucket in one batched round, then, with adaptive M, further rounds
+for candidates whose Wilson interval is wider than `branching.adaptive_target_width`, up to
+`branching.adaptive_max`). Does not own how a continuation is graded (`rollouts`), the interval
+rules (`gradalign.estimates`) or turning outcomes into S, V and cosines (`alignment`).
+
+Slots: a branch's candidates are slots 0..K-1; the residual bucket is slot -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from gradalign.candidates import Candidate, candidate_set
+from gradalign.estimates import Halves, SuccessEstimate, adaptive_needed, split_halves
+from gradalign.pipeline.resources import Resources
+from gradalign.pipeline.rollouts import Continuation, Rollout, continue_and_grade
+from gradalign.pipeline.scoring import NodeDists
+from gradalign.sampling import stable_seed
+from gradalign.selectors import SelectionPlan
+
+RESIDUAL = -1  # the residual bucket's slot
+MAX_ADAPTIVE_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One node's candidates, ready to branch."""
+
+    rollout: Rollout
+    position: int  # completion position t: node = prompt + y_<t
+    node_index: int  # row of the node in its rollout's `NodeDists`
+    reason: str  # why the selector chose the node
+    candidates: tuple[Candidate, ...]  # K
+    residual_tokens: tuple[int, ...]  # first tokens drawn outside K (empty: no residual bucket)
+    residual_mass: float  # student mass outside K
+
+
+@dataclass(frozen=True)
+class SlotEstimate:
+    """One slot's success estimate and its two independent halves (even/odd continuations)."""
+
+    estimate: SuccessEstimate
+    halves: Halves
+
+
+@dataclass(frozen=True)
+class BranchOutcomes:
+    """Graded continuations of every branch: (branch index, slot) -> [(success, truncated)] in
+    continuation order, and how many continuations were sampled."""
+
+    outcomes: dict
+    continuations: int
+
+    def estimate(self, branch: int, slot: int) -> SlotEstimate:
+        outs = self.outcomes[(branch, slot)]
+        ok, tr = [o[0] for o in outs], [o[1] for o in outs]
+        return SlotEstimate(SuccessEstimate.from_outcomes(ok, tr), split_halves(ok, tr))
+
+
+def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan],
+                  dists: dict[tuple[str, int], NodeDists]) -> list[Branch]:
+    """Candidates (and residual first tokens) at every selected node, in rollout then plan order."""
+    cfg = res.cfg
+    b = cfg.branching
+    out = []
+    for r, plan in zip(rollouts, plans):
+        d = dists[(r.question_id, r.rollout_id)]
+        for k, node in enumerate(plan.nodes):
+            t = node.position
+            lp = d.student[k]
+            cands = candidate_set(
+                r.token_ids[t], lp, {n: v[k] for n, v in d.teachers.items()},
+                top_k=b.top_k, coverage=b.coverage, max_candidates=b.max_candidates,
+            )
+            p = lp.exp()
+            ids = torch.tensor([c.token_id for c in cands])
+            outside = float(1.0 - p[ids].sum().clamp(max=1.0))
+            resid: tuple[int, ...] = ()
+            if b.residual and outside >= b.residual_min_mass:
+                w = p.clone()
+                w[ids] = 0
+                g = torch.Generator().manual_seed(stable_seed(cfg.run.seed, "residual", r.question_id, r.rollout_id, t))
+                resid = tuple(torch.multinomial(w / w.sum(), b.continuations, replacement=True, generator=g).tolist())
+            out.append(Branch(r, t, k, node.reason, cands, resid, outside))
+    return out
+
+
+def _draw(res: Resources, branches: Sequence[Branch], want: dict, outcomes: dict) -> int:
+    """Continue each (branch, slot) from y_<t + its first token for the given continuation
+    indices, in one `continue_and_grade` call; append (success, truncated) to `outcomes`.
+    Returns the continuations sampled (a first token that is EOS needs none)."""
+    seed, eos = res.cfg.run.seed, res.tokenizer.eos_token_id
+    keys, items = [], []
+    for (bi, slot), firsts in want.items():
+        r, t = branches[bi].rollout, branches[bi].position
+        for first, m in firsts:
+            keys.append((bi, slot))
+            items.append(Continuation(r.row, r.prompt_ids, r.token_ids[:t] + (first,),
+                                      stable_seed(seed, "branch", r.question_id, r.rollout_id, t, slot < 0, first, m)))
+    for key, o in zip(keys, continue_and_grade(res, items)):
+        outcomes.setdefault(key, []).append((o.success, o.truncated))
+    return sum(1 for it in items if it.head[-1] != eos)
+
+
+def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
+    """Round 1: M continuations per candidate and the residual bucket's M; adaptive rounds after."""
+    b = res.cfg.branching
+    want = {}
+    for bi, br in enumerate(branches):
+        for k, c in enumerate(br.candidates):
+            want[(bi, k)] = [(c.token_id, m) for m in range(b.continuations)]
+        if br.residual_tokens:
+            want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens)]
+    outcomes: dict[tuple[int, int], list[tuple[bool, bool]]] = {}
+    total = _draw(res, branches, want, outcomes)
+    rounds = 0
+    while b.adaptive_target_width > 0 and rounds < MAX_ADAPTIVE_ROUNDS:
+        rounds += 1
+        want = {}
+        for (bi, k), outs in outcomes.items():
+            if k == RESIDUAL:
+                continue
+            est = SuccessEstimate.from_outcomes([o[0] for o in outs], [o[1] for o in outs])
+            extra = adaptive_needed(est, b.adaptive_target_width, b.adaptive_max)
+            if extra:
+                tokid = branches[bi].candidates[k].token_id
+                want[(bi, k)] = [(tokid, m) for m in range(len(outs), len(outs) + extra)]
+        if not want:
+            break
+        total += _draw(res, branches, want, outcomes)
+    return BranchOutcomes(outcomes, total)

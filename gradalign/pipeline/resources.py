@@ -1,0 +1,80 @@
+"""What every pipeline stage needs, loaded once per run: `Resources`.
+
+Owns: loading the student, each distinct teacher model (checked to share the student's
+tokenizer), the rollout sampler (`gradalign.sampling`) and the grader pool, after preflight has run
+every check that needs no weights. Does not own any stage's work, nor closing the pool and sampler
+(`engine.diagnose` does, when the run ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradalign.config import STUDENT_MODEL, RunConfig
+from gradalign.sampling import Sampler, SamplingParams
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One teacher/context config, its model loaded (the student's own model for `model = "student"`)."""
+
+    name: str  # config name (the `config` column of the tables)
+    model: object  # a transformers causal LM
+    context: str  # template rendered before the prompt (privileged context)
+    model_ref: str  # what the config named: "student", a bundled name, a folder or a hub id
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Loaded models and services for one run."""
+
+    cfg: RunConfig
+    task: object  # tasks.Task: rows and their ids
+    student: object  # the student's transformers causal LM (scoring)
+    tokenizer: object  # the shared tokenizer
+    teachers: tuple[Teacher, ...]  # in config order
+    grader: object  # graders.GraderPool (grade_many, stats, close)
+    sampler: Sampler  # draws every continuation
+    model_hashes: dict  # model ref -> content hash (manifest)
+
+
+def sampling_params(cfg: RunConfig) -> SamplingParams:
+    """The sampler's parameters from the config's `sampling` section."""
+    s = cfg.sampling
+    return SamplingParams(s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.batch_size)
+
+
+def load_resources(cfg: RunConfig) -> Resources:
+    """Preflight, then load the student, teachers, sampler and grader. Raises `GradalignError`
+    subclasses for anything the user can fix, before any model weight is read where possible."""
+    from gradalign import models
+    from gradalign.graders import GraderPool
+    from gradalign.preflight import preflight
+    from gradalign.sampling import make_sampler
+
+    task = preflight(cfg).task  # every check that needs no weights, before any is loaded
+    sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
+    student = models.load(sref, dtype=cfg.student.dtype, device=cfg.student.device)
+    hashes = {cfg.student.model: student.content_hash}
+    loaded: dict[tuple, object] = {}
+    teachers = []
+    for t in cfg.teachers:
+        if t.model == STUDENT_MODEL:
+            model = student.model
+        else:
+            key = (t.model, t.gguf_file, t.dtype or cfg.student.dtype)
+            if key not in loaded:
+                tref = models.resolve(t.model, gguf_file=t.gguf_file)
+                ttok = models.load_tokenizer(tref)
+                models.check_same_tokenizer(student.tokenizer, ttok, student_name=cfg.student.model, teacher_name=t.name)
+                lm = models.load(tref, dtype=t.dtype or cfg.student.dtype, device=cfg.student.device, tokenizer=ttok)
+                loaded[key] = lm.model
+                hashes[t.model] = lm.content_hash
+            model = loaded[key]
+        teachers.append(Teacher(t.name, model, t.context, t.model))
+    sampler = make_sampler(
+        cfg.sampling.backend, student=student, params=sampling_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
+        memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager,
+    )
+    grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
+    return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes)

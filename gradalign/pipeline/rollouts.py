@@ -1,0 +1,115 @@
+"""Stage 1: student rollouts, and the one way any continuation is sampled and graded.
+
+Owns: `continue_and_grade` (sample the student's continuation of prompt + head under a stable seed,
+decode head + continuation, grade it, and decide success: a continuation cut by max_new_tokens is a
+failure whatever its text says; a head that already ends in EOS is a finished completion and is
+graded without sampling), used by rollouts, refine's value queries and branches alike; and
+`sample_rollouts` (N rollouts per question as `Rollout` records). Does not own which continuations
+to draw (selection, branching) nor the grader itself (`gradalign.graders`).
+
+Token budget: every continuation has allowance max_new_tokens - len(head), so a continuation at
+completion position t faces the same length limit as the rollout it estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from gradalign.pipeline.resources import Resources
+from gradalign.sampling import Completion, stable_seed
+from gradalign.tables import RolloutRow
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """One continuation to draw: the student continues `prompt_ids + head` under `seed`."""
+
+    row: dict  # the task row (the grader compares against it)
+    prompt_ids: tuple[int, ...]  # the student's prompt
+    head: tuple[int, ...]  # completion tokens fixed before sampling: y_<t (+ a candidate's first token)
+    seed: int  # `stable_seed` of the continuation's stable ids
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A graded continuation."""
+
+    success: bool  # the grader's verdict, and not truncated
+    truncated: bool  # cut by max_new_tokens without EOS
+    completion: Completion  # the sampled tokens after the head (empty when the head ended in EOS)
+    text: str  # decoded head + completion: what the grader saw
+    extracted: str | None  # answer the grader extracted
+    status: str  # grader status: ok | timeout | error
+    reason: str  # grader reason, prefixed "truncated" when cut
+
+
+def continue_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Outcome]:
+    """Sample every item in one batched sampler call, grade all in one pass; outcomes in order."""
+    from gradalign.graders import GradeItem
+
+    tok, L, eos = res.tokenizer, res.cfg.sampling.max_new_tokens, res.tokenizer.eos_token_id
+    finished = {i for i, c in enumerate(items) if c.head and c.head[-1] == eos}
+    live = [i for i in range(len(items)) if i not in finished]
+    comps: list[Completion] = [Completion((), truncated=False, ended_with_eos=True)] * len(items)
+    if live:
+        sampled = res.sampler.sample(
+            [items[i].prompt_ids + items[i].head for i in live], [items[i].seed for i in live],
+            [L - len(items[i].head) for i in live],
+        )
+        for i, c in zip(live, sampled):
+            comps[i] = c
+    texts = [tok.decode(c.head[:-1] if i in finished else c.head + comps[i].token_ids) for i, c in enumerate(items)]
+    row_id = res.task.row_id
+    verdicts = res.grader.grade_many([GradeItem(row_id(c.row), t, c.row) for c, t in zip(items, texts)])
+    return [
+        Outcome(bool(v.correct) and not comp.truncated, comp.truncated, comp, t, v.extracted, v.status,
+                "; ".join(x for x in ("truncated" if comp.truncated else "", v.reason) if x))
+        for comp, t, v in zip(comps, texts, verdicts)
+    ]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One student rollout of one question, graded."""
+
+    question_id: str
+    rollout_id: int  # index within the question (0..N-1)
+    row: dict  # the task row
+    prompt_text: str  # rendered task.prompt
+    prompt_ids: tuple[int, ...]  # the student's prompt tokens
+    outcome: Outcome  # the sampled completion and its verdict
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """Completion tokens y_0..y_{T-1} (EOS excluded)."""
+        return self.outcome.completion.token_ids
+
+    @property
+    def correct(self) -> bool:
+        return self.outcome.success
+
+    def to_row(self) -> RolloutRow:
+        o = self.outcome
+        return RolloutRow(
+            question_id=self.question_id, rollout_id=self.rollout_id, prompt=self.prompt_text, completion=o.text,
+            n_tokens=len(self.token_ids), correct=o.success, extracted_answer=o.extracted, truncated=o.truncated,
+            status=o.status, reason=o.reason,
+        )
+
+
+def sample_rollouts(res: Resources, rows: Sequence[dict]) -> list[Rollout]:
+    """`sampling.rollouts_per_question` graded rollouts per row, seeded by (run seed, question, index)."""
+    from gradalign.tasks import encode_prefix, render
+
+    cfg = res.cfg
+    heads = []  # (row, question id, rollout index, prompt text, prompt ids)
+    for row in rows:
+        qid = res.task.row_id(row)
+        text = render(cfg.task.prompt, row, what="task.prompt", row_id=qid)
+        ids = encode_prefix(res.tokenizer, "", text, chat=cfg.task.chat)
+        for r in range(cfg.sampling.rollouts_per_question):
+            heads.append((row, qid, r, text, ids))
+    outs = continue_and_grade(res, [Continuation(row, ids, (), stable_seed(cfg.run.seed, "rollout", qid, r))
+                                    for row, qid, r, _, ids in heads])
+    return [Rollout(qid, r, row, text, ids, o) for (row, qid, r, text, ids), o in zip(heads, outs)]

@@ -1,0 +1,113 @@
+"""Stage 3: the student's and every teacher's distributions over each rollout.
+
+Owns: `score_rollouts`: one forward pass per rollout for the student and per (rollout, config) for
+the teachers over the student's exact token ids (a teacher sees its rendered context + the prompt
+before them); the per-token rows of the tokens table (log-probs, entropies, KL both ways, JSD,
+distribution cosine, built column-wise: one list per `tables.TokenRow` field); the full
+full-vocabulary log-probs at branched positions (`NodeDists`) for the later stages; and the hash of
+each teacher's token prefix per question (manifest). Does not own the forward pass and its memory
+bounds (`gradalign.scoring.score`) nor the divergence formulas (`gradalign.gradients`).
+
+Shapes: T completion positions of a rollout, V vocabulary; node log-probs are [n_nodes, V],
+temperature-scaled (z / tau) like the sampler's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from gradalign import gradients as G
+from gradalign.pipeline.resources import Resources
+from gradalign.pipeline.rollouts import Rollout
+from gradalign.selectors import SelectionPlan
+from gradalign.tables import TokenRow
+
+
+@dataclass(frozen=True)
+class NodeDists:
+    """Full-vocabulary log-probs at one rollout's branched nodes, in plan order."""
+
+    student: torch.Tensor  # [n_nodes, V]
+    teachers: dict  # config name -> [n_nodes, V]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What scoring hands on: the tokens table's columns, node distributions and prefix hashes."""
+
+    tokens: dict  # {TokenRow field: list}, one entry per rollout token x config
+    dists: dict  # (question_id, rollout_id) -> NodeDists
+    prefix_hashes: dict  # (question_id, config) -> blake2b of the teacher's prefix token ids
+
+
+def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan]) -> Scores:
+    """Score every rollout under the student and every config; keep full distributions at nodes."""
+    from gradalign.scoring import ScoreRequest, score
+    from gradalign.tasks import encode_prefix, render
+
+    cfg, tok = res.cfg, res.tokenizer
+    tau, beta = cfg.sampling.temperature, cfg.distill.jsd_beta
+    cols: dict[str, list] = {f.name: [] for f in dataclasses.fields(TokenRow)}
+    texts: dict[int, str] = {}  # token id -> decoded text, once per id
+    prefix_hashes: dict[tuple[str, str], str] = {}
+    nodes_of = [p.positions for p in plans]
+    dists: dict[tuple[str, int], NodeDists] = {}
+    # rollouts scored together: bounds the [T, V] float32 matrices alive at once (student + one teacher)
+    V = res.student.get_output_embeddings().weight.shape[0]
+    t_max = max((len(r.token_ids) for r in rollouts), default=1)
+    group = max(1, min(16, (512 << 20) // (8 * max(t_max, 1) * V)))
+    for g0 in range(0, len(rollouts), group):
+        idx = list(range(g0, min(g0 + group, len(rollouts))))
+        sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].token_ids, nodes_of[i]) for i in idx]
+        s_out = score(res.student, sreq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)
+        s_lists = {}
+        for k, i in enumerate(idx):
+            r = rollouts[i]
+            dists[(r.question_id, r.rollout_id)] = NodeDists(s_out[k].node_logp, {})
+            ids = list(r.token_ids)
+            for t in ids:
+                if t not in texts:
+                    texts[t] = tok.decode([t])
+            branched = set(nodes_of[i])
+            s_lists[i] = (ids, [texts[t] for t in ids], s_out[k].token_logprob.tolist(), s_out[k].entropy.tolist(),
+                          [p in branched for p in range(len(ids))])
+        for teacher in res.teachers:
+            treq = []
+            for i in idx:
+                r = rollouts[i]
+                ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.question_id)
+                ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
+                prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
+                treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
+            t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)
+            for k, i in enumerate(idx):
+                r, s, t = rollouts[i], s_out[k], t_out[k]
+                T = len(r.token_ids)
+                dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = t.node_logp
+                if T == 0:
+                    continue
+                lp, lq = s.logp_full.double(), t.logp_full.double()
+                ids, txt, s_lp, s_ent, br = s_lists[i]
+                cols["question_id"] += [r.question_id] * T
+                cols["rollout_id"] += [r.rollout_id] * T
+                cols["config"] += [teacher.name] * T
+                cols["position"] += range(T)
+                cols["token_id"] += ids
+                cols["token_text"] += txt
+                cols["student_logprob"] += s_lp
+                cols["student_entropy"] += s_ent
+                cols["teacher_logprob"] += t.token_logprob.tolist()
+                cols["teacher_entropy"] += t.entropy.tolist()
+                cols["kl_pq"] += G.kl(lp, lq).tolist()
+                cols["kl_qp"] += G.kl(lq, lp).tolist()
+                cols["jsd"] += G.jsd(lp, lq, beta).tolist()
+                cols["dist_cos"] += G.distribution_cosine(lp, lq).tolist()
+                cols["branched"] += br
+            del t_out
+        del s_out
+    return Scores(cols, dists, prefix_hashes)
