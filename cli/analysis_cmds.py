@@ -140,29 +140,19 @@ def weights(
     """
     if not run_dir.is_dir():
         raise GradalignError(f"{run_dir}: not a folder (expected a run folder written by `gradalign diagnose`)")
-    import os
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import json
 
     from gradalign.analysis import parse_rule, token_weights
-    from gradalign.tables import load
+    from gradalign.tables import COLUMNS, load, write_table
 
     rules = [parse_rule(r) for r in rule]
     t = load(run_dir)
     w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
                       h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
     path = out or run_dir / f"weights-{config}.parquet"
-    schema = pa.schema([("question_id", pa.string()), ("rollout_id", pa.int32()), ("position", pa.int32()), ("weight", pa.float32())])
-    import json
-
     params = w.attrs.get("gradalign_weights", {})
-    table = pa.Table.from_pydict({c: w[c].tolist() for c in schema.names}, schema=schema).replace_schema_metadata(
-        {b"gradalign.weights": json.dumps(params).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_table("weights", {c: w[c].tolist() for c, _, _ in COLUMNS["weights"]}, path,
+                {"weights": json.dumps(params)})
     kept = float(w["weight"].mean()) if len(w) else 0.0
     typer.echo(f"wrote {path}: {len(w)} tokens of config {config!r}, rules {', '.join(map(str, rules))}; "
                f"{100 * kept:.1f}% keep weight 1, {100 * (1 - kept):.1f}% get 0")
