@@ -3,8 +3,10 @@
 Owns: the run-config schema and its defaults (`default_config_dict`), reading TOML
 (`load_config`), validating plain dicts (`config_from_dict`), dotted-key overrides
 (`apply_overrides`, `parse_overrides`), writing a resolved config back out (`RunConfig.to_dict`,
-`RunConfig.to_toml`), the branching-selector syntax (`SelectorSpec`, `parse_selector`) and the
-template syntax check (`template_fields`).
+`RunConfig.to_toml`), the branching-selector syntax (`SelectorSpec`, `parse_selector`), the
+template syntax check (`template_fields`), and the user-facing documentation of every field: it
+lives once, beside the field, as ``metadata["doc"]`` (`_doc`), and `explain_config` renders it
+(`gradalign config --explain`, README's "Config reference").
 
 Does NOT own anything that needs files or models: whether a task file or bundled task exists,
 whether a model path / HF id / GGUF file resolves, whether a `python:module:function` grader
@@ -76,12 +78,23 @@ class ConfigError(GradalignError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+def _doc(default: Any, text: str) -> Any:
+    """A dataclass field with its user-facing documentation in ``metadata["doc"]``.
+
+    The one place a config field is documented: `explain_config` renders these texts, `gradalign
+    config --explain` prints them and README's "Config reference" is generated from them. Pass
+    `dataclasses.MISSING` for a field without a default. Defaults must be immutable (a tuple, a
+    frozen dataclass): `_Section` reads `Field.default`, so no `default_factory`.
+    """
+    return field(default=default, metadata={"doc": " ".join(text.split())})
+
+
 @dataclass(frozen=True)
 class SelectorSpec:
     """Which nodes of a rollout get branched: every | stride:S | logspace | refine."""
 
-    kind: str
-    stride: int | None = None
+    kind: str = _doc(dataclasses.MISSING, "`every`, `stride`, `logspace` or `refine` (see `branching.selector`).")
+    stride: int | None = _doc(None, "S of `stride` (an integer >= 1); None for the other kinds.")
 
     def __post_init__(self) -> None:
         kinds = ("every", "stride", "logspace", "refine")
@@ -99,84 +112,250 @@ class SelectorSpec:
 
 @dataclass(frozen=True)
 class RunSection:
-    name: str = "run"
-    seed: int = 0
+    """The `[run]` table."""
+
+    name: str = _doc("run", """
+        Label of the run, recorded in the manifest and shown in the report's run description. Any
+        non-empty string without control characters; no effect on results.""")
+    seed: int = _doc(0, """
+        Run seed, an integer >= 0. Every random draw (rollouts, refine's value queries, residual
+        first tokens, branch continuations, the vLLM engine) derives from it and stable ids
+        (question id, rollout, position, token, index), never from batch order, so the same seed and
+        config reproduce the same samples. Change it to draw an independent replicate.""")
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = "addition"
-    path: str = ""
-    split: str = "test"
-    limit: int = 0
-    offset: int = 0
-    prompt: str = "Q {question}\n"
-    grader: str = "exact"
-    grader_timeout_s: float = 5.0
-    chat: bool = False  # render context + prompt as one user message with the tokenizer's chat template
-    id_field: str = "id"
-    answer_field: str = "answer"
+    """The `[task]` table."""
+
+    name: str = _doc("addition", """
+        Bundled task: rows come from `data/tasks/<name>/<split>.jsonl` (or `.parquet`;
+        `$GRADALIGN_DATA` moves `data/`). Exactly one of `task.name` / `task.path` is set; the
+        default `"addition"` (the embedded column-by-column addition task) applies only when
+        `task.path` is empty.""")
+    path: str = _doc("", """
+        Your own task file, `.jsonl` (one JSON object per line) or `.parquet`, used instead of a
+        bundled task; `""` = use `task.name`. Setting it (in the file or with `--set task.path=...`)
+        drops the default name.""")
+    split: str = _doc("test", """
+        Split of a bundled task: the file `<split>.jsonl` or `<split>.parquet` in its folder.
+        Ignored with `task.path`.""")
+    limit: int = _doc(0, """
+        Questions to diagnose, counted after `task.offset`, in file order; 0 = all rows. Cost is
+        linear in it: each question gets `sampling.rollouts_per_question` rollouts, each branched
+        at its nodes.""")
+    offset: int = _doc(0, """
+        Rows skipped from the start of the file before `task.limit` applies (e.g. to diagnose a
+        later slice); 0 = start at the first row.""")
+    prompt: str = _doc("Q {question}\n", """
+        `str.format` template over the row's fields that makes the question text (the default needs
+        a `question` field). The student sees only this; each teacher sees its `context` followed by
+        this. A row lacking a field the template names is an error (checked for every selected row
+        before any model loads), never an empty string. Non-empty.""")
+    grader: str = _doc("exact", """
+        How a completion is judged correct: `exact` (the final answer, i.e. the text after the last
+        `####`, else the last `\\boxed{...}`, equals the reference answer as a string), `numeric`
+        (same extraction, equal as numbers within 1e-6 relative or absolute), `math-verify`
+        (symbolic equivalence; `pip install 'gradalign[math]'`) or `python:module:function` (your
+        `fn(completion, row) -> bool`). Verdicts are cached by (question id, completion). Every
+        success rate, and so the ideal gradient, is only as good as this check.""")
+    grader_timeout_s: float = _doc(5.0, """
+        Seconds, > 0, one grading call may take in a worker process (`math-verify` and `python:`
+        graders; `exact` and `numeric` run in-process, untimed). A call that runs over is killed,
+        its worker replaced, and the completion counts as incorrect (status `timeout`). Raise it for
+        slow graders rather than lose verdicts to timeouts.""")
+    chat: bool = _doc(False, """
+        true: render context + prompt as one user message with the student's chat template (plus
+        the generation prompt), for instruction-tuned students; the tokenizer must have a chat
+        template. false: plain text with the tokenizer's special tokens (e.g. BOS). Either way the
+        completion is appended as token ids, never re-tokenised.""")
+    id_field: str = _doc("id", """
+        Row field holding the question's id, present and unique in every row. The id labels output
+        rows (`question_id`), keys the grader cache and enters every seed, so changing ids changes
+        the samples.""")
+    answer_field: str = _doc("answer", """
+        Row field holding the reference answer; every row must have it (checked when the task
+        loads). The built-in graders read the row's `answer` key whatever this says, so rows graded
+        by them need an `answer` field; a `python:` grader gets the whole row.""")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "student"
-    dtype: str = "float32"
-    device: str = "cpu"
-    gguf_file: str = ""
-    revision: str = ""
+    """The `[student]` table."""
+
+    model: str = _doc("student", """
+        A bundled model name (`data/models/<name>`; `"student"` is the embedded tiny addition
+        student), a local Hugging Face model folder, or a hub id (`HF_HUB_OFFLINE=1` uses only the
+        local cache). Every teacher must share its tokenizer.""")
+    dtype: str = _doc("float32", """
+        Weight and compute dtype of the student, of teachers whose `dtype` is `""`, and of the vLLM
+        engine: `float32`, `bfloat16` or `float16`. The default is exact; half precision halves
+        memory and speeds scoring at the cost of noisier log-probs, hence noisier divergences and
+        gradients.""")
+    device: str = _doc("cpu", """
+        `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU). Teachers load on the same
+        device.""")
+    gguf_file: str = _doc("", """
+        File name of a GGUF checkpoint inside `student.model` (folder or hub repo), dequantised by
+        transformers on load (needs the `real` extra); `""` = the usual safetensors/bin weights. For
+        the vLLM backend the dequantised model is written once as a folder under
+        `$GRADALIGN_CACHE`.""")
+    revision: str = _doc("", """
+        Hub revision (branch, tag or commit) of a hub-id student; `""` = the default branch. It is
+        part of the model hash in the manifest: pin a commit for a reproducible run.""")
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    backend: str = "hf"
-    rollouts_per_question: int = 4
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    batch_size: int = 64
-    # vLLM only: share of the accelerator's memory its engine may take (weights + KV cache).
-    # 0 = auto: half of what is free once the transformers student and teachers are loaded, so
-    # teacher scoring keeps room beside the engine. Ignored by the hf backend and on CPU.
-    vllm_memory_fraction: float = 0.0
-    # vLLM only: skip torch.compile / CUDA graphs. Halves engine start-up on CPU (25 s vs 50 s for
-    # a one-layer test model, measured once on 2 shared cores) at some decode speed; worth it for
-    # small runs and tests, not for long GPU runs.
-    vllm_eager: bool = False
+    """The `[sampling]` table."""
+
+    backend: str = _doc("hf", """
+        `hf`: transformers `generate` with counter-based Gumbel noise, so each sequence depends only
+        on its seed, never on its batch. `vllm`: vLLM's offline engine (`pip install
+        'gradalign[vllm]'`, for GPU runs), one seeded request per continuation with prefix caching.
+        Scoring always uses transformers.""")
+    rollouts_per_question: int = _doc(4, """
+        N, the student rollouts sampled per question, each graded and then branched at its nodes.
+        Integer >= 1; cost is linear in it. More rollouts cover more of the student's correct and
+        incorrect behaviour.""")
+    max_new_tokens: int = _doc(128, """
+        L, the cap on a rollout's new tokens, integer >= 1. A continuation branched at position t
+        may add only L - t - 1 tokens (the limit its rollout faced). A rollout or continuation cut by
+        the cap counts as a failure, so a cap too low biases success estimates down. Prompt + L
+        must fit the student's positions (checked before loading weights).""")
+    temperature: float = _doc(1.0, """
+        Softmax temperature tau > 0, used for sampling and for scoring: student and teacher
+        distributions are softmax(logits / tau) in every divergence and gradient. 1 = the models'
+        own distributions; other values diagnose a tempered policy.""")
+    top_p: float = _doc(1.0, """
+        Nucleus truncation of sampling, in (0, 1]; 1 = none. Below 1, success estimates are for the
+        truncated policy, not the student's own (a warning is logged); scoring is never
+        truncated.""")
+    top_k: int = _doc(0, """
+        Top-k truncation of sampling, integer >= 0; 0 = none. Any k > 0 biases success estimates as
+        `top_p` < 1 does (a warning is logged).""")
+    batch_size: int = _doc(64, """
+        `hf` backend: sequences per `generate` batch (prompts sorted by length to limit padding),
+        integer >= 1. Speed and memory only: samples do not depend on batching. Ignored by
+        `vllm`.""")
+    vllm_memory_fraction: float = _doc(0.0, """
+        vLLM only: share of the accelerator's memory its engine may take (weights + KV cache), in
+        [0, 1). 0 = auto: half of what is free once the transformers student and teachers are
+        loaded, so teacher scoring keeps room beside the engine. Ignored by the hf backend and on
+        CPU.""")
+    vllm_eager: bool = _doc(False, """
+        vLLM only: skip torch.compile / CUDA graphs. Halves engine start-up on CPU (25 s vs 50 s for
+        a one-layer test model, measured once on 2 shared cores) at some decode speed; worth it for
+        small runs and tests, not for long GPU runs.""")
 
 
 @dataclass(frozen=True)
 class BranchingConfig:
-    selector: SelectorSpec = SelectorSpec("logspace")
-    continuations: int = 8
-    top_k: int = 3
-    coverage: float = 0.0
-    max_candidates: int = 16
-    residual: bool = True
-    residual_min_mass: float = 1e-3
-    budget_tokens: int = 0
-    budget_continuations: int = 0
-    nodes_per_window: int = 2
-    value_continuations: int = 4
-    refine_nodes: int = 4
-    adaptive_target_width: float = 0.0
-    adaptive_max: int = 32
+    """The `[branching]` table."""
+
+    selector: SelectorSpec = _doc(SelectorSpec("logspace"), """
+        Which rollout positions (nodes) are branched. `every`: all T positions (T^2 continuation
+        tokens). `stride:S`: positions 0, S, 2S, ... and the last. `logspace`: windows of length 1,
+        1, 2, 4, 8, ... back from the end with `nodes_per_window` nodes each (O(k log T) nodes for
+        O(kT) tokens; dense near the answer, sparse early). `refine`: bisects towards decisive
+        tokens with value queries, then branches the `refine_nodes` best.""")
+    continuations: int = _doc(8, """
+        M, continuations sampled to the end and graded per candidate token at a node (and for the
+        residual bucket); a candidate's success rate is successes / M. Integer >= 1; cost is linear
+        in it, and a rate's 95% interval is about 1.96/sqrt(M) wide at 50%. The debiased cosine
+        splits the M into two halves, so M = 1 leaves it unavailable (a warning is logged).""")
+    top_k: int = _doc(3, """
+        Candidate tokens per source: the student's top-k and each teacher config's top-k join the
+        sampled token. Integer >= 0; 0 = the sampled token only (plus `coverage`). Each candidate
+        costs M continuations; tokens outside the candidates share the residual bucket's pooled
+        estimate, so a small k leans on it.""")
+    coverage: float = _doc(0.0, """
+        Extra candidates: the student's tokens by descending probability until the candidates hold
+        this much of its probability mass, in [0, 1); 0 = off. Capped by `max_candidates` and not
+        counted by the budget, which assumes 1 + top_k x (1 + teachers) candidates per node.""")
+    max_candidates: int = _doc(16, """
+        Cap on the candidate tokens per node, residual bucket not counted, integer >= 1. When it
+        bites, the sampled token comes first, then the student's top-k, the teachers' top-k in
+        config order, and coverage tokens last.""")
+    residual: bool = _doc(True, """
+        Estimate the tokens outside the candidates too: draw M first tokens from the student's
+        distribution restricted to them, continue each once, and give every such token that pooled
+        success rate (M more continuations per node). false: they get success 0, which biases the
+        ideal gradient in proportion to the student's mass outside the candidates.""")
+    residual_min_mass: float = _doc(1e-3, """
+        Student probability mass outside the candidates below which the residual bucket is skipped
+        and those tokens get success 0 (a bias bounded by this mass), in [0, 1]. Saves M
+        continuations at nodes whose candidates already hold nearly all the mass; 0 = never skip it
+        (when `residual` is true).""")
+    budget_tokens: int = _doc(0, """
+        Per-rollout cap on continuation tokens, integer >= 0; 0 = unlimited. Counted by the
+        selectors' cost model: a continuation from position t costs T - t tokens (at least 1), a
+        branched node (1 + top_k x (1 + teachers), capped by max_candidates, + residual) x M
+        continuations, refine's value queries included. Nodes that do not fit are dropped, earliest
+        (most expensive) first, and counted in the manifest's `selection`. Must fit one node
+        (checked before loading weights). Adaptive extra continuations and coverage candidates are
+        not counted.""")
+    budget_continuations: int = _doc(0, """
+        Per-rollout cap on continuations, integer >= 0; 0 = unlimited. Same accounting and dropping
+        as `budget_tokens`, counting continuations instead of tokens.""")
+    nodes_per_window: int = _doc(2, """
+        `logspace` and `refine`: k, the nodes kept per logspace window (a window no longer than k
+        keeps all its positions), integer >= 1. For `refine` it also sets the anchors and how many
+        intervals are bisected per round. Ignored by `every` and `stride`.""")
+    value_continuations: int = _doc(4, """
+        `refine` only: continuations sampled and graded per value query V(t), the on-policy success
+        rate from position t. Integer >= 1; more steadies the bisection at proportional cost, paid
+        from the same budget as branching.""")
+    refine_nodes: int = _doc(4, """
+        `refine` only: nodes finally branched per rollout, integer >= 1: those with the largest
+        estimated |V(t+1) - V(t)| (the decisive tokens).""")
+    adaptive_target_width: float = _doc(0.0, """
+        Adaptive M: after the first M continuations, each candidate (not the residual bucket) whose
+        Wilson 95% interval is wider than this gets more, over up to 8 extra rounds, until it is
+        narrow enough or has `adaptive_max`. A width in success-rate units, >= 0; 0 = off (fixed M).
+        Spends continuations where estimates are uncertain; not counted by the budget.""")
+    adaptive_max: int = _doc(32, """
+        Adaptive M only: the most continuations one candidate may get, an integer >= `continuations`
+        (checked when `adaptive_target_width` > 0), so adaptive M costs at most adaptive_max /
+        continuations times fixed M.""")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    losses: tuple[str, ...] = LOSSES
-    jsd_beta: float = 0.5
+    """The `[distill]` table."""
+
+    losses: tuple[str, ...] = _doc(LOSSES, """
+        Losses whose per-token descent direction is compared with the ideal gradient: a non-empty,
+        duplicate-free array of `reverse_kl`, `forward_kl`, `jsd` and `sampled_token` (the
+        on-policy surrogate with advantage log q(y) - log p(y) of the sampled token). Each adds one
+        alignment row per node and teacher config; cheap beside sampling.""")
+    jsd_beta: float = _doc(0.5, """
+        beta of the generalized Jensen-Shannon divergence (TRL GKD convention), in [0, 1]: 0 =
+        KL(teacher || student), 1 = KL(student || teacher), 0.5 = symmetric. Used by the `jsd` loss
+        and the tokens table's `jsd` column only.""")
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    name: str = "self-solution"
-    model: str = STUDENT_MODEL
-    context: str = "Reference solution: {solution}\n"
-    dtype: str = ""
-    gguf_file: str = ""
+    """One `[[teachers]]` table."""
+
+    name: str = _doc("self-solution", """
+        The config's label in every output table (`config` column) and report; unique across
+        teachers; letters, digits, `_`, `.` and `-` only.""")
+    model: str = _doc(STUDENT_MODEL, """
+        `"student"`: the student itself, i.e. self-distillation, usually with a privileged
+        `context`. Else a bundled name, a local folder or a hub id, as `student.model`. It must share
+        the student's tokenizer (vocabulary, ids, EOS); loaded on `student.device`, once per (model,
+        gguf_file, dtype).""")
+    context: str = _doc("Reference solution: {solution}\n", """
+        `str.format` template over the row's fields, prepended to the prompt for this teacher only
+        (the student never sees it); `""` = the plain prompt. A row lacking a field it names is an
+        error, never an empty string; the default needs a `solution` field.""")
+    dtype: str = _doc("", """
+        `""` = the student's dtype; else `float32`, `bfloat16` or `float16`.""")
+    gguf_file: str = _doc("", """
+        GGUF file name inside this teacher's `model`, as `student.gguf_file`; `""` = the usual
+        weights.""")
 
     @property
     def is_student(self) -> bool:
@@ -186,15 +365,24 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    run: RunSection
-    task: TaskConfig
-    student: ModelConfig
-    sampling: SamplingConfig
-    branching: BranchingConfig
-    distill: DistillConfig
-    teachers: tuple[TeacherConfig, ...]
-    # Where the config came from (file path or "<dict>"); not part of equality or hashing.
-    source: str = field(default="<dict>", compare=False)
+    """A validated run config: one frozen dataclass per TOML section."""
+
+    run: RunSection = _doc(dataclasses.MISSING, "The run's label and seed. Optional.")
+    task: TaskConfig = _doc(dataclasses.MISSING, "Which questions, how they are prompted and graded. Required.")
+    student: ModelConfig = _doc(dataclasses.MISSING, """
+        The model whose rollouts are diagnosed. Required (an empty table takes every default).""")
+    sampling: SamplingConfig = _doc(dataclasses.MISSING, """
+        How rollouts and continuations are drawn from the student. Optional.""")
+    branching: BranchingConfig = _doc(dataclasses.MISSING, """
+        Which nodes are branched, which tokens get their own success estimate and how many
+        continuations each gets: the cost and the variance of the diagnosis. Optional.""")
+    distill: DistillConfig = _doc(dataclasses.MISSING, """
+        Which distillation losses are compared with the ideal gradient. Optional.""")
+    teachers: tuple[TeacherConfig, ...] = _doc(dataclasses.MISSING, """
+        One `[[teachers]]` table per teacher/context config to diagnose. Required, at least
+        one.""")
+    source: str = field(default="<dict>", compare=False, metadata={"doc": (
+        "Where the config came from (file path or `<dict>`); not a TOML key, not part of equality or hashing.")})
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict in the TOML schema; `config_from_dict(c.to_dict()) == c`."""
@@ -402,6 +590,43 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, object]) -> RunConfi
     return dataclasses.replace(new, source=cfg.source)
 
 
+EXPLAIN_FORMATS: tuple[str, ...] = ("text", "markdown")
+
+
+def explain_config(fmt: str = "text") -> str:
+    """Every section and field of the run config: dotted name, TOML type, default and its doc.
+
+    `fmt` is ``"text"`` (terminal, wrapped at 100 columns) or ``"markdown"`` (README's "Config
+    reference" is exactly this output). The docs are the fields' ``metadata["doc"]``.
+    """
+    if fmt not in EXPLAIN_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose {' or '.join(EXPLAIN_FORMATS)}")
+    import textwrap
+
+    def wrap(text: str, indent: str) -> list[str]:
+        return textwrap.wrap(text, 100, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
+    sections = {f.name: f.metadata["doc"] for f in dataclasses.fields(RunConfig) if f.name in SECTIONS}
+    out: list[str] = []
+    for section in SECTIONS:
+        head = "[[teachers]]" if section == "teachers" else f"[{section}]"
+        if fmt == "markdown":
+            out += [f"### `{head}`", "", sections[section], ""]
+        else:
+            out += [head] + wrap(sections[section], "  ")
+        for f in dataclasses.fields(_SECTION_CLASSES[section]):
+            name = f"teachers[i].{f.name}" if section == "teachers" else f"{section}.{f.name}"
+            kind = _TOML_TYPES[str(f.type)]
+            default = _toml_value(str(f.default) if isinstance(f.default, SelectorSpec) else f.default)
+            if fmt == "markdown":
+                out.append(f"- `{name}` ({kind}, default `{default}`): {f.metadata['doc']}")
+            else:
+                out.append(f"  {name}  ({kind}, default {default})")
+                out += wrap(f.metadata["doc"], "      ")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------
@@ -414,6 +639,13 @@ _SECTION_CLASSES: dict[str, type] = {
     "branching": BranchingConfig,
     "distill": DistillConfig,
     "teachers": TeacherConfig,
+}
+
+
+# TOML type of each annotation used by a section dataclass (a selector is written as a string).
+_TOML_TYPES: dict[str, str] = {
+    "str": "string", "int": "integer", "float": "float", "bool": "boolean",
+    "tuple[str, ...]": "array of strings", "SelectorSpec": "string",
 }
 
 
