@@ -29,16 +29,25 @@ def build_world(
     out: Path = typer.Option(Path("data"), help="data folder to (re)write"),
     seed: int = typer.Option(0, help="seed for task generation and training"),
     smoke: bool = typer.Option(False, help="tiny sizes and a few steps (seconds; for tests)"),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)"),
     reuse_cache: bool = typer.Option(False, "--reuse-cache", help="reuse the cached teacher run (models/.build_cache) if its settings match"),
 ) -> None:
     """Regenerate the embedded world (task files, tokenizer, student and teachers) from a seed.
 
+    Prints the build report (checkpoint evaluations, chosen student steps) as JSON.
+
     Example: gradalign build-world --out data --seed 0 --reuse-cache
     """
-    from gradalign.world import main as world_main
+    import dataclasses
+    import json
+    import logging
 
-    argv = ["--out", str(out), "--seed", str(seed)] + (["--smoke"] if smoke else []) + (["--reuse-cache"] if reuse_cache else [])
-    world_main(argv)
+    from gradalign.world import BuildConfig, build
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = dataclasses.replace(BuildConfig.smoke() if smoke else BuildConfig(), seed=seed)
+    report = build(out, cfg, reuse_cache=reuse_cache, threads=threads)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "build_config"}, indent=2))
 
 
 @app.command("accuracy")
@@ -53,12 +62,12 @@ def accuracy(
 
     Example: gradalign accuracy --model student --context solution --n 200
     """
-    from gradalign import world
+    from gradalign.world import accuracy_on_test, accuracy_table
 
     if all_:
-        typer.echo(world.accuracy_table(n=n, seed=seed))
+        typer.echo(accuracy_table(n=n, seed=seed))
         return
-    acc = world.accuracy_on_test(model, context, n=n, seed=seed)
+    acc = accuracy_on_test(model, context, n=n, seed=seed)
     typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gradalign import arithmetic as ar
+from gradalign.world import arithmetic as ar
 from gradalign.tasks import data_dir
 
 MODELS = ("student", "teacher-strong", "teacher-flawed")

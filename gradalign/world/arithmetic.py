@@ -2,8 +2,9 @@
 
 Owns: generating problems from a seed, writing their worked solutions (correct, or with the
 systematic flaw the `teacher-flawed` model is trained on), and the row fields that teacher
-contexts use (`solution`, `summary`, `example`). Does not own tokenisation, training or grading
-(rows carry `answer`; the generic `exact` grader checks the text after the last ``####``).
+contexts use (`solution`, `summary`, `example`). Does not own tokenisation, training (the other
+`gradalign.world` modules) or grading (rows carry `answer`; the generic `exact` grader in
+`gradalign.graders` checks the text after the last ``####``).
 
 Solution format, for 4821+3597 (columns from the right, carry-in written as ``+1``)::
 
