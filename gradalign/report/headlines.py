@@ -1,0 +1,113 @@
+"""The take-aways: the few sentences a reader should leave with, read off the report's tables.
+
+Owns: `headlines` (one list of sentences, shown on the page, in summary.md and by the CLI), built
+from one small function per topic: ranking, questions won, decisive nodes, divergence, TIP
+quadrants, rock tokens, and a warning when there are few questions.
+
+Does not own: any statistic (every number is already in `ReportData`), or markup.
+"""
+
+from __future__ import annotations
+
+from gradalign import analysis as A
+from gradalign.report.data import ReportData
+from gradalign.report.options import ReportOptions
+from gradalign.report.rows import MEASURE_LABELS, fmt_ci, fmt_num, fmt_pct
+
+
+def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
+    """The few sentences a reader should take away, computed from the report's tables."""
+    m = options.metric
+    return [*_ranking_lines(data.ranking, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
+            *_quadrant_lines(data, m), *_rock_lines(data, options), *_size_lines(tables)]
+
+
+def _ranking_lines(r, m: str) -> list[str]:
+    """Best and worst config x loss, whether the top two separate, correct vs incorrect rollouts."""
+    out = []
+    if len(r):
+        b, w = r.iloc[0], r.iloc[-1]
+        out.append(f"Best: {b.config} with {b.loss}, mean {m} {fmt_ci(b['mean'], b.ci_low, b.ci_high)} over {b.n} nodes in "
+                   f"{b.n_questions} questions; worst: {w.config} with {w.loss}, {fmt_ci(w['mean'], w.ci_low, w.ci_high)}.")
+        overlap = (r["ci_low"].iloc[0] <= r["ci_high"].iloc[1]) if len(r) > 1 else False
+        if overlap:
+            out.append(f"The top two intervals overlap ({r.iloc[0].config}/{r.iloc[0].loss} vs {r.iloc[1].config}/{r.iloc[1].loss}): "
+                       f"the data do not separate them.")
+        both = r.dropna(subset=["mean_correct", "mean_incorrect"])
+        if len(both):
+            k = int((both["mean_incorrect"] > both["mean_correct"]).sum())
+            out.append(f"Alignment is higher on incorrect than on correct rollouts for {k} of {len(both)} config x loss pairs.")
+    return out
+
+
+def _winner_lines(data: ReportData) -> list[str]:
+    """Whether one config wins on every question, for the report's loss and for the others."""
+    out = []
+    sw = A.single_winner(data.shares, data.loss)
+    s = data.shares[data.shares["loss"] == data.loss]
+    if len(s) and s["questions"].iloc[0] > 0:
+        desc = ", ".join(f"{x.config} {fmt_pct(x.share)}" for x in s.itertuples())
+        out.append(f"{sw} wins on every question ({data.loss})." if sw else
+                   f"No single config wins on every question ({data.loss}): {desc} of {int(s['questions'].iloc[0])} questions.")
+    others = [(ls, A.single_winner(data.shares, ls)) for ls in sorted(set(data.shares["loss"])) if ls != data.loss]
+    everywhere = [f"{w} for {ls}" for ls, w in others if w]
+    if everywhere:
+        out.append("A single config wins on every question for another loss: " + ", ".join(everywhere) + ".")
+    elif others and not sw:
+        out.append("No single config wins on every question for any other loss either.")
+    return out
+
+
+def _decisive_lines(data: ReportData) -> list[str]:
+    """The config that aligns best at decisive nodes, against its other nodes."""
+    d = data.decisive[data.decisive["loss"] == data.loss]
+    dd = d[d["decisive"]].sort_values("mean", ascending=False)
+    if not len(dd):
+        return []
+    x = dd.iloc[0]
+    oth = d[(~d["decisive"]) & (d["config"] == x.config)]
+    return [f"At decisive nodes (largest |ΔV| per rollout) {x.config} aligns best ({data.loss}): {fmt_num(x['mean'])} vs "
+            f"{fmt_num(oth['mean'].iloc[0]) if len(oth) else '–'} at its other nodes."]
+
+
+def _divergence_lines(data: ReportData) -> list[str]:
+    """The range of Spearman rho across configs, per divergence measure."""
+    c = data.correlations[data.correlations["loss"] == data.loss]
+    if not len(c):
+        return []
+    bits = []
+    for meas in A.DIVERGENCES:
+        v = c[c["measure"] == meas]["rho"].dropna()
+        if len(v):
+            bits.append(f"{MEASURE_LABELS[meas]} {fmt_num(v.min(), '+.2f')}..{fmt_num(v.max(), '+.2f')}")
+    return [f"Spearman ρ of alignment with divergence across configs ({data.loss}): " + "; ".join(bits) + "."] if bits else []
+
+
+def _quadrant_lines(data: ReportData, m: str) -> list[str]:
+    """Share of tokens and node-weighted mean alignment per TIP quadrant, over all configs."""
+    q = data.quadrants[data.quadrants["loss"] == data.loss]
+    if not len(q):
+        return []
+    g = q.groupby("quadrant").apply(lambda x: (x["mean_alignment"] * x["n_nodes"]).sum() / max(1, x["n_nodes"].sum()),
+                                     include_groups=False)
+    sh = q.groupby("quadrant")["share_tokens"].mean()
+    return ["TIP quadrants (all configs): " + "; ".join(
+        f"{k} {fmt_pct(sh.get(k))} of tokens, mean {m} {fmt_num(g.get(k))}" for k in A.QUADRANTS) + "."]
+
+
+def _rock_lines(data: ReportData, options: ReportOptions) -> list[str]:
+    """What the rock-token candidates account for, averaged over configs."""
+    rs = data.rock_summary
+    if not len(rs):
+        return []
+    return [f"Rock-token candidates (top {options.rock_top_n} types per config) are {fmt_pct(rs['share_tokens'].mean())} of tokens, "
+            f"{fmt_pct(rs['share_kl'].mean())} of summed KL(p||q) and {fmt_pct(rs['share_norm_est'].mean())} of the estimated "
+            f"sampled-token OPD gradient norm (means over configs)."]
+
+
+def _size_lines(tables) -> list[str]:
+    """A warning when the run has too few questions for firm intervals."""
+    nq = tables.rollouts["question_id"].nunique()
+    if nq < 20:
+        return [f"Only {nq} questions: intervals are wide; treat the ranking as provisional and run more questions."]
+    return []
