@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from gradalign.cli.errors import GuardedGroup
-from gradalign.errors import GradalignError
 
 app = typer.Typer(
     name="gradalign",
@@ -121,10 +119,10 @@ def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bo
     with bar:
         run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
     _render_summary(run)
-    f = run.manifest["faults"]
+    f = run.manifest.faults
     if any(f.values()):
         typer.echo("recorded per row, not fatal: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items() if v))
-    t = run.manifest["timings_s"]
+    t = run.manifest.timings_s
     typer.echo(f"wrote {out}/{{rollouts,tokens,nodes,alignment}}.parquet and manifest.json in {t['total']:.1f}s")
     typer.echo(f"next: gradalign report {out} --out reports/addition/  |  python -c \"import gradalign; t = gradalign.load('{out}'); print(t.alignment.head())\"")
 
@@ -179,7 +177,11 @@ def validate(config: Path = typer.Argument(..., help="TOML run config")) -> None
 
 
 from gradalign.cli.analysis_cmds import register as _register_analysis  # noqa: E402  (report, compare, weights)
+
 _register_analysis(app)
+from gradalign.cli.config_cmds import register as _register_config  # noqa: E402  (config)
+
+_register_config(app)
 
 
 def main() -> None:

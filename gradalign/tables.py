@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from gradalign.config import LOSSES
 from gradalign.errors import GradalignError
 
 SCHEMA_VERSION = "1"
@@ -99,7 +100,7 @@ class AlignmentRow:
     token_text: str = _col("string", "")
     correct: bool = _col("bool", "the rollout's verdict")
     config: str = _col("string", "")
-    loss: str = _col("string", "reverse_kl | forward_kl | jsd | sampled_token")
+    loss: str = _col("string", " | ".join(LOSSES))
     cos: float = _col("float64", "cosine(ideal gradient, distillation descent direction), full vocabulary")
     cos_candidates: float = _col("float64", "same, restricted to the candidate set")
     cos_debiased: float = _col("float64", "split-half noise-corrected cosine (may exceed 1 in magnitude)")
