@@ -1,6 +1,8 @@
 """Shared helpers for the benchmarks in bench/: thread setup, interleaved timing, medians, machine
 facts and Markdown tables. Each benchmark module exposes `run(quick, threads) -> dict` (with a
-"markdown" section and a "headline" line) and a `main()` for running it alone."""
+"markdown" section and a "headline" line) and a `main()` for running it alone. `RecordingSampler` and
+`TimedGrader` wrap a run's sampler and grader so the benchmarks observe the pipeline stages through
+`dataclasses.replace(resources, ...)` (public `gradalign.pipeline` functions only, nothing patched)."""
 
 from __future__ import annotations
 
@@ -134,8 +136,54 @@ def cli(run: Callable[..., dict], description: str) -> None:
         a.json.write_text(json.dumps(res, indent=1, default=str))
 
 
+class RecordingSampler:
+    """A `gradalign.sampling.Sampler` that forwards to `inner` and records every call as
+    (prompts, seeds, max_new, completions) in `calls` (with `keep=False`, only counts them);
+    `sequences` counts the prompts sampled. Handed to the pipeline stages through
+    `dataclasses.replace(resources, sampler=...)`."""
+
+    def __init__(self, inner, keep: bool = True):
+        self.inner = inner
+        self.keep = keep
+        self.calls: list[tuple] = []
+        self.sequences = 0
+
+    def sample(self, prompts, seeds, max_new=None):
+        comps = self.inner.sample(prompts, seeds, max_new)
+        self.sequences += len(prompts)
+        if self.keep:
+            self.calls.append((list(prompts), list(seeds), None if max_new is None else list(max_new), comps))
+        return comps
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TimedGrader:
+    """A grader (`grade_many`, `stats`, `close`) that forwards to `inner` and sums the seconds its
+    `grade_many` calls take in `seconds`. Handed to the stages through `dataclasses.replace`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seconds = 0.0
+
+    def grade_many(self, items):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.grade_many(items)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    @property
+    def stats(self):
+        return self.inner.stats
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def add_paths() -> None:
-    """Make `tests/` importable (tiny_world, test_exact_enumeration, grader_fixtures)."""
+    """Make `tests/` importable (tiny_world, grader_fixtures)."""
     p = str(ROOT / "tests")
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -9,10 +9,11 @@ rollout length.
     with no cap (growth exponent = log-log slope over T) and with a fixed token cap (nodes kept).
     refine is answered with a synthetic value curve: V = 0 before a single decisive token at T/3,
     1 after it (value queries are answered with n = value_continuations).
-(c) Measured: `generation.sample` on a random tiny Llama (vocabulary of 6, 1 layer, hidden 32) for the
-    branch workload each selector plans on a synthetic rollout of length T (each node: 8 continuations
-    of prefix + y_<t + one token, allowance T - t - 1, as the engine builds them). EOS is set to an
-    id the model cannot emit, so every continuation runs its full allowance, as the cost model assumes.
+(c) Measured: `gradalign.sampling.hf.sample` on a random tiny Llama (vocabulary of 6, 1 layer,
+    hidden 32) for the branch workload each selector plans on a synthetic rollout of length T (each
+    node: 8 continuations of prefix + y_<t + one token, allowance T - t - 1, as the pipeline's
+    branching stage builds them). EOS is set to an id the model cannot emit, so every continuation
+    runs its full allowance, as the cost model assumes.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         plans = planned[label + " (cap)"]
         rows.append([label] + [f"{len(p.nodes)} / {p.dropped} ({p.spent_tokens:,} tok)" for p in plans])
     md.append(C.md_table(["selector"] + [f"T={T}" for T in LENGTHS], rows))
-    md += ["", "### Measured: `generation.sample` on each selector's branch workload (random tiny Llama, 8 continuations per node, no early EOS)", ""]
+    md += ["", "### Measured: `sampling.hf.sample` on each selector's branch workload (random tiny Llama, 8 continuations per node, no early EOS)", ""]
     rows, mslopes = [], {}
     for label, rs in measured.items():
         Ts = [r["T"] for r in rs]

@@ -2,18 +2,20 @@
 
 World: tests/tiny_world.make_tiny_world (random 1-layer Llama over {<pad>, <s>, </s>, <unk>, a, b},
 prompt "ab", success = odd number of "a"), every token a candidate (top_k = V), so every S_k is a
-plain Monte Carlo estimate of an exactly enumerable probability. Exact cosines come from the
-helpers of tests/test_exact_enumeration.py (`_exact_rows`, which memoises per prefix), with the
-horizon raised from 4 to L = 7 new tokens.
+plain Monte Carlo estimate of an exactly enumerable probability. Exact cosines come from
+`_Exact.rows`, this benchmark's copy of the enumeration in the test_exact_enumeration.py tests
+(memoised per prefix, models loaded once), with the horizon raised from 4 to L = 7 new tokens.
 
 Per seed, the same rollouts (the rollout seed does not depend on the selector) are diagnosed with:
   every     all positions, M = M_every continuations per candidate
   logspace  nodes_per_window = 1, M raised so its continuations match every's
   refine    nodes_per_window = 1, value_continuations = 2, refine_nodes = 2; M raised so value
             queries + branch continuations match every's
-Each run goes through the engine's own shard pipeline (`engine._process_shard`, the function
-`diagnose` runs per shard; its `continuations` is the manifest's count) on one loaded world, so the
-grader workers start once. M for logspace/refine comes from a pilot at M = 2 (same seed, hence the
+Each run goes through the engine's own shard pipeline (`engine.process_shard`, the function
+`diagnose` runs per shard; its `continuations` is the manifest's count) on one `load_resources`,
+re-configured per run with `dataclasses.replace(res, cfg=...)`, so the grader workers start once;
+the sampler is wrapped in a counter (`dataclasses.replace(res, sampler=...)`) for the value queries.
+M for logspace/refine comes from a pilot at M = 2 (same seed, hence the
 same nodes and the same value queries): M = round((C_every - value continuations) / (C_pilot / 2)) with a pilot at M = 2.
 Error = mean |cos - exact cos| over the method's alignment rows (node x config x loss, finite
 values). Ratio = error(every) / error(selector): > 1 means the selector's nodes are estimated
@@ -22,7 +24,6 @@ more precisely for the same number of continuations (it covers fewer nodes: see 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import statistics
@@ -33,35 +34,85 @@ import _common as C
 
 L = 7
 ROLLOUTS = 24
+LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 
 
-_MODELS: dict = {}
+def _success(text: str) -> bool:
+    return text.count("a") % 2 == 1
 
 
-@contextlib.contextmanager
-def _cached_from_pretrained():
-    """`_exact_rows` reloads the models on every call and memoises by model identity; hand it the
-    same objects every time so the enumeration is done once per run of this benchmark."""
-    from transformers import AutoModelForCausalLM
+class _Exact:
+    """Exact cosines in the tiny world by enumerating every continuation (the enumeration of
+    test_exact_enumeration.py (tests/) with the horizon `L` as a parameter and the two models loaded
+    once; P(success) memoised per prefix across calls)."""
 
-    own = "from_pretrained" in AutoModelForCausalLM.__dict__
-    saved = AutoModelForCausalLM.__dict__.get("from_pretrained")
-    real = AutoModelForCausalLM.from_pretrained  # bound to the class
+    def __init__(self, root: Path, horizon: int):
+        from transformers import AutoModelForCausalLM
 
-    def cached(path, *a, **k):
-        key = (str(path), a, tuple(sorted(k.items())))
-        if key not in _MODELS:
-            _MODELS[key] = real(path, *a, **k)
-        return _MODELS[key]
+        from gradalign.world import build_tokenizer
 
-    AutoModelForCausalLM.from_pretrained = cached
-    try:
-        yield
-    finally:
-        if own:
-            AutoModelForCausalLM.from_pretrained = saved
-        else:
-            del AutoModelForCausalLM.from_pretrained
+        self.tok = build_tokenizer(chars=("a", "b"))
+        self.L = horizon
+        self.student = AutoModelForCausalLM.from_pretrained(root / "student").eval()
+        self.teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
+        self.memo: dict = {}
+
+    def success(self, prefix: list[int], allowance: int) -> float:
+        """P(success) of continuing `prefix` (prompt "ab" + completion so far) with `allowance` new
+        tokens (EOS included)."""
+        import torch
+
+        eos = self.tok.eos_token_id
+
+        def rec(seq: tuple[int, ...], left: int) -> float:
+            key = (seq, left)
+            if key in self.memo:
+                return self.memo[key]
+            if left == 0:
+                return 0.0  # cut by max_new_tokens: a failure
+            with torch.no_grad():
+                probs = torch.softmax(self.student(torch.tensor([list(seq)])).logits[0, -1].double(), -1).tolist()
+            total = 0.0
+            for v, pv in enumerate(probs):
+                if v == eos:
+                    total += pv * float(_success(self.tok.decode(list(seq[2:]))))
+                else:
+                    total += pv * rec(seq + (v,), left - 1)
+            self.memo[key] = total
+            return total
+
+        return rec(tuple(prefix), allowance)
+
+    def rows(self, tables) -> dict:
+        """Exact cos per (rollout, position, config, loss) at every node a rollout can be branched at."""
+        import torch
+
+        from gradalign import gradients as G
+
+        tok, L = self.tok, self.L
+        eos = tok.eos_token_id
+        prompt = tok("ab", add_special_tokens=False)["input_ids"]
+        hint = tok("b" + "ab", add_special_tokens=False)["input_ids"]
+        out = {}
+        for r in tables.rollouts.itertuples():
+            ids = tok(r.completion, add_special_tokens=False)["input_ids"]
+            for t in range(len(ids) if r.truncated else len(ids) + 1):
+                prefix = prompt + ids[:t]
+                with torch.no_grad():
+                    lp = torch.log_softmax(self.student(torch.tensor([prefix])).logits[0, -1].double(), -1)
+                    lq_self = torch.log_softmax(self.student(torch.tensor([hint + ids[:t]])).logits[0, -1].double(), -1)
+                    lq_other = torch.log_softmax(self.teacher(torch.tensor([prefix])).logits[0, -1].double(), -1)
+                S = torch.tensor(
+                    [float(_success(tok.decode(ids[:t]))) if v == eos else self.success(prefix + [v], L - t - 1) for v in range(lp.numel())],
+                    dtype=torch.float64,
+                )
+                g = G.ideal_gradient(lp.exp(), S)
+                y = ids[t] if t < len(ids) else eos
+                for cfg, lq in (("self-hint", lq_self), ("other", lq_other)):
+                    for loss in LOSSES:
+                        d = G.distill_direction(loss, lp, lq, token=torch.tensor(y))
+                        out[(r.rollout_id, t, cfg, loss)] = G.cosine(g, d).value
+        return out
 
 
 def _config(root: Path, selector: str, M: int, seed: int):
@@ -76,7 +127,7 @@ def _config(root: Path, selector: str, M: int, seed: int):
         "selector": selector, "continuations": M, "top_k": 6, "max_candidates": 6, "residual": True,
         "nodes_per_window": 1, "value_continuations": 2, "refine_nodes": 2,
     })
-    d["teachers"] = [  # the names/contexts `_exact_rows` expects
+    d["teachers"] = [  # the names/contexts `_Exact.rows` expects
         {"name": "self-hint", "model": "student", "context": "{hint}"},
         {"name": "other", "model": str(root / "teacher"), "context": ""},
     ]
@@ -84,39 +135,40 @@ def _config(root: Path, selector: str, M: int, seed: int):
 
 
 class _Runner:
-    """One loaded world; runs the engine's shard pipeline for any (selector, M, seed)."""
+    """One `load_resources`; runs the engine's shard pipeline (`engine.process_shard`) for any
+    (selector, M, seed) by replacing the resources' config."""
 
     def __init__(self, root: Path):
-        from gradalign import engine
+        import dataclasses
 
-        self.engine = engine
+        from gradalign.pipeline import load_resources
+
         self.root = root
-        self.world = engine._load_world(_config(root, "every", 2, 0))
-        self.sampled = 0
-        real = self.world.sampler.sample
-
-        def counting(prompts, seeds, max_new=None):
-            self.sampled += len(prompts)
-            return real(prompts, seeds, max_new)
-
-        self.world.sampler.sample = counting
+        loaded = load_resources(_config(root, "every", 2, 0))
+        self.counter = C.RecordingSampler(loaded.sampler, keep=False)  # counts every sampled continuation
+        self.res = dataclasses.replace(loaded, sampler=self.counter)
 
     def run(self, selector: str, M: int, seed: int) -> dict:
+        import dataclasses
+
         import pandas as pd
 
-        self.world.cfg = _config(self.root, selector, M, seed)
-        self.sampled = 0
-        res = self.engine._process_shard(self.world, list(self.world.task.rows), None)
-        branch = res["continuations"]
-        value = self.sampled - ROLLOUTS - branch  # refine's value queries (0 for the static kinds)
+        from gradalign.engine import process_shard
+
+        res = dataclasses.replace(self.res, cfg=_config(self.root, selector, M, seed))
+        self.counter.sequences = 0
+        shard = process_shard(res, list(res.task.rows))
+        branch = shard.continuations
+        value = self.counter.sequences - ROLLOUTS - branch  # refine's value queries (0 for the static kinds)
         tables = type("Tables", (), {})()
-        tables.rollouts = pd.DataFrame(res["tables"]["rollouts"])
-        tables.alignment = pd.DataFrame(res["tables"]["alignment"])
+        tables.rollouts = pd.DataFrame(shard.tables["rollouts"])
+        tables.alignment = pd.DataFrame(shard.tables["alignment"])
         return {"branch": branch, "value": value, "total": branch + value, "tables": tables,
-                "nodes": sum(s["nodes"] for s in res["selection"])}
+                "nodes": sum(s["nodes"] for s in shard.selection)}
 
     def close(self):
-        self.world.grader.close()
+        self.res.grader.close()
+        self.res.sampler.close()
 
 
 def _error(tables, exact, only=None) -> tuple[float, int, set]:
@@ -135,10 +187,8 @@ def _error(tables, exact, only=None) -> tuple[float, int, set]:
 
 def run(quick: bool = False, threads: int = 2) -> dict:
     C.add_paths()
-    import test_exact_enumeration as tee
     from tiny_world import make_tiny_world
 
-    tee.L = L  # the helpers read the horizon from this module global
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4, 5]
     budgets = [4] if quick else [4, 8]  # M of `every`
     tmp = Path(tempfile.mkdtemp(prefix="gradalign-bench-est-"))
@@ -149,11 +199,11 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     try:
         root = make_tiny_world(tmp / "world")
         runner = _Runner(root)
+        exact_of = _Exact(root, L)
         for M_e in budgets:
             for seed in seeds:
                 base = runner.run("every", M_e, seed)
-                with _cached_from_pretrained():
-                    exact = tee._exact_rows(root, base["tables"])
+                exact = exact_of.rows(base["tables"])
                 lengths += base["tables"].rollouts.n_tokens.tolist()
                 results = {"every": (M_e, base)}
                 for sel in ("logspace", "refine"):

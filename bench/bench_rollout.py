@@ -1,38 +1,40 @@
 """Benchmark 1: gradalign's rollout and branch stages vs a bare `model.generate` loop (HF).
 
-Workload: exactly what the engine samples for the demo config (data/configs/demo.toml): the
+Workload: exactly what the pipeline samples for the demo config (data/configs/demo.toml): the
 rollout stage's prompts, and the branch stage's prompts / seeds / per-continuation allowances,
-captured by running the engine's own stage functions (`_sample_rollouts`, `_select`, `_score`,
-`_plan_branches`, `_run_branches`) once on a loaded world.
+captured by running the public pipeline stages (`gradalign.pipeline`: `sample_rollouts`,
+`select_nodes`, `score_rollouts`, `plan_branches`, `run_branches`) once on `load_resources(cfg)`,
+with the sampler wrapped in a recorder (`dataclasses.replace(res, sampler=...)`).
 
 Variants, timed interleaved in one process (medians over repeats):
-  stage      the engine stage itself: `_sample_rollouts` / `_run_branches` (sampling + decoding +
-             grading + bookkeeping; the grader's verdict cache is cleared before every repeat)
-  sample     `generation.sample` alone on the same prompts, seeds and allowances
+  stage      the pipeline stage itself: `sample_rollouts` / `run_branches` (sampling + decoding +
+             grading + bookkeeping; every repeat gets a fresh grader pool, so nothing is answered
+             from an earlier repeat's verdict cache)
+  sample     `gradalign.sampling.hf.sample` alone on the same prompts, seeds and allowances
   bare       `model.generate(do_sample=True, temperature=1, top_k=0, top_p=1)` over the same
              prompts, same batch size, same batches (sample's sort order), same max_new_tokens per
              batch; no per-row seeds
-  ablation   `generation.sample` with its counter-based Gumbel processor swapped (in this process
-             only) for one batched torch.rand draw: isolates the cost of per-row reproducible noise
+  ablation   `sampling.hf.sample(..., noise_processor=_BatchedGumbel)`: its counter-based Gumbel
+             processor (`GumbelCounter`) replaced by one batched torch.rand draw: isolates the cost
+             of per-row reproducible noise
 
 Every repeat draws fresh random numbers in every variant (gradalign: run seed + 1000 r, so per-row
 seeds change; bare: torch.manual_seed(r); repeat 0 uses the demo's own seeds): one fixed seed set is a
 single realisation whose batch step counts (the longest row decides each batch) can be lucky or not,
 so the variants are compared as distributions over the same prompts and allowances. Decode steps
-per variant are logged from `model.generate`'s output widths.
+per variant are logged from `model.generate`'s output widths (every variant's model is the student
+behind `_GenerateLog`, a wrapper that logs its `generate` calls).
 Tokens are counted identically for every variant: per continuation, tokens until EOS (included) or
 its allowance, whichever comes first. Ratio = tokens/s of the variant / tokens/s of bare.
 """
 
 from __future__ import annotations
 
-import time
-
 import _common as C
 
 
 def _bare_generate(model, prompts, allow, batch_size, eos_id, pad_id):
-    """A plain HF sampling loop over the same batches as generation.sample. Returns tokens counted
+    """A plain HF sampling loop over the same batches as sampling.hf.sample. Returns tokens counted
     until EOS (included) or allowance."""
     import torch
     from transformers import GenerationConfig
@@ -62,9 +64,28 @@ def _bare_generate(model, prompts, allow, batch_size, eos_id, pad_id):
     return tokens
 
 
+class _GenerateLog:
+    """The student model with its `generate` calls logged as (rows, decode steps) in `log`; every
+    other attribute is the model's own. The sampler and the bare loop get this wrapper, the model
+    itself is left untouched."""
+
+    def __init__(self, model):
+        self.model = model
+        self.log: list[tuple[int, int]] = []
+
+    def generate(self, *a, **k):
+        out = self.model.generate(*a, **k)
+        self.log.append((out.shape[0], out.shape[1] - k["input_ids"].shape[1]))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 class _BatchedGumbel:
-    """Ablation only: logits/temperature + Gumbel noise from ONE generator for the whole batch
-    (generation._GumbelCounter hashes (seed, step, id) per row instead). Not reproducible per row."""
+    """Ablation only (`sample(noise_processor=_BatchedGumbel)`): logits/temperature + Gumbel noise
+    from ONE generator for the whole batch (`sampling.hf.GumbelCounter` hashes (seed, step, id) per
+    row instead). Not reproducible per row."""
 
     def __init__(self, seeds, params, prompt_width=0, device=None):
         import torch
@@ -87,11 +108,11 @@ def _processor_cost(batch: int, V: int, steps: int = 100) -> dict:
     import torch
 
     from gradalign.sampling import SamplingParams
-    from gradalign.sampling.hf import _GumbelCounter
+    from gradalign.sampling.hf import GumbelCounter
 
     scores = torch.randn(batch, V)
     ids = torch.zeros((batch, 3), dtype=torch.long)
-    proc = _GumbelCounter(list(range(batch)), SamplingParams(), 2, torch.device("cpu"))
+    proc = GumbelCounter(list(range(batch)), SamplingParams(), 2, torch.device("cpu"))
     batched = _BatchedGumbel(list(range(batch)), SamplingParams(), 2, None)
     fns = {
         "counter Gumbel (gradalign)": lambda: proc(ids, scores).argmax(-1),
@@ -116,113 +137,101 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     import torch
 
     import gradalign
-    from gradalign import engine, generation
+    from gradalign.graders import GraderPool
+    from gradalign.pipeline import (
+        load_resources,
+        plan_branches,
+        run_branches,
+        sample_rollouts,
+        sampling_params,
+        score_rollouts,
+        select_nodes,
+    )
+    from gradalign.sampling.hf import HFSampler, sample
 
     repeats = 3 if quick else 7
     cfg = gradalign.load_config(C.DEMO_CONFIG)
     if quick:  # 2 of the demo's 6 questions: about a third of the workload
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, limit=2))
-    world = engine._load_world(cfg)
+    assert cfg.sampling.backend == "hf", "this benchmark measures the transformers sampler"
+    loaded = load_resources(cfg)
+    graders = [loaded.grader]
     try:
-        rows = list(world.task.rows)
-        tok = world.tokenizer
+        rows = list(loaded.task.rows)
+        tok = loaded.tokenizer
         eos, pad = tok.eos_token_id, tok.pad_token_id
-        params = engine._params(cfg)
+        params = sampling_params(cfg)
 
-        # capture the workloads and count the tokens each stage call generates
-        calls: list[tuple] = []
-        real_sample = world.sampler.sample
+        # every variant ends in model.generate: the wrapper logs (rows, decode steps) of each call
+        student = _GenerateLog(loaded.student)
+        # the stages' own sampler (what make_sampler builds for "hf") over the logged model, recorded:
+        # captures the workloads and the tokens each stage call generates
+        recorder = C.RecordingSampler(HFSampler(student, params, eos, pad))
 
-        def recording(prompts, seeds, max_new=None):
-            comps = real_sample(prompts, seeds, max_new)
-            calls.append((list(prompts), list(seeds), None if max_new is None else list(max_new), comps))
-            return comps
+        def resources(seed_shift: int):
+            """The loaded resources with the recorded sampler, a fresh timed grader pool (no verdict
+            cached by an earlier repeat) and the run seed shifted by `seed_shift`."""
+            pool = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
+            graders.append(pool)
+            run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + seed_shift))
+            return dataclasses.replace(loaded, cfg=run_cfg, sampler=recorder, grader=C.TimedGrader(pool))
 
-        world.sampler.sample = recording
-        grade_s = [0.0]
-        real_grade = engine._grade
-
-        def timed_grade(w, items):
-            t0 = time.perf_counter()
-            try:
-                return real_grade(w, items)
-            finally:
-                grade_s[0] += time.perf_counter() - t0
-
-        engine._grade = timed_grade
-
-        # every variant ends in model.generate: log (rows, decode steps) of each call
-        gen_log: list[tuple[int, int]] = []
-        real_generate = world.student.generate
-
-        def logged_generate(*a, **k):
-            out = real_generate(*a, **k)
-            gen_log.append((out.shape[0], out.shape[1] - k["input_ids"].shape[1]))
-            return out
-
-        world.student.generate = logged_generate
-
-        rollouts = engine._sample_rollouts(world, rows)
-        plans = engine._select(world, rollouts)
-        assert len(calls) == 1, "demo selector is expected to sample nothing (logspace)"
-        dists = engine._score(world, rollouts, plans, {}, {})
-        branches = engine._plan_branches(world, rollouts, plans, dists)
-        n0 = len(calls)
-        engine._run_branches(world, branches)
-        assert len(calls) == n0 + 1, "expected one batched sample() call in the branch stage (adaptive M off)"
-        roll_w = calls[0]
-        br_w = calls[1]
+        res = resources(0)
+        rollouts = sample_rollouts(res, rows)
+        plans = select_nodes(res, rollouts)
+        assert len(recorder.calls) == 1, "demo selector is expected to sample nothing (logspace)"
+        scores = score_rollouts(res, rollouts, plans)
+        branches = plan_branches(res, rollouts, plans, scores.dists)
+        n0 = len(recorder.calls)
+        run_branches(res, branches)
+        assert len(recorder.calls) == n0 + 1, "expected one batched sample() call in the branch stage (adaptive M off)"
+        roll_w = recorder.calls[0]
+        br_w = recorder.calls[1]
         roll_allow = [params.max_new_tokens] * len(roll_w[0])
-        calls.clear()
+        recorder.calls.clear()
+
+        cur = {"r": 0, "res": res}
 
         def stage(fn):
             def go():
-                calls.clear()
-                grade_s[0] = 0.0
-                fn()
-                return C.count_tokens(calls[-1][3]), grade_s[0]
+                recorder.calls.clear()
+                fn(cur["res"])
+                return C.count_tokens(recorder.calls[-1][3]), cur["res"].grader.seconds
             return go
 
         def sample_only(w, allow):
-            return lambda: (C.count_tokens(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0)
+            return lambda: (C.count_tokens(sample(student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0)
 
         def ablation(w):
-            def go():
-                real = generation._GumbelCounter
-                generation._GumbelCounter = _BatchedGumbel
-                try:
-                    return C.count_tokens(generation.sample(world.student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2])), 0.0
-                finally:
-                    generation._GumbelCounter = real
-            return go
+            return lambda: (C.count_tokens(sample(student, w[0], reseed(w[1]), params, eos_id=eos, pad_id=pad, max_new=w[2],
+                                                  noise_processor=_BatchedGumbel)), 0.0)
 
         def bare(w, allow):
-            return lambda: (_bare_generate(world.student, w[0], allow, params.batch_size, eos, pad), (_bare_generate.row_steps, _bare_generate.allow_sum, _bare_generate.full_slots))
-
-        cur = [0]
+            return lambda: (_bare_generate(student, w[0], allow, params.batch_size, eos, pad), (_bare_generate.row_steps, _bare_generate.allow_sum, _bare_generate.full_slots))
 
         def before(r):
-            world.grader._cache.clear()  # every repeat grades from scratch, as a fresh run does
-            gen_log.clear()
-            cur[0] = r
+            cur["res"].grader.close()
             # a fresh random draw per repeat for every variant (repeat 0 = the demo's own seeds): a fixed
-            # seed set is one realisation whose batch step counts (longest row per batch) can be lucky or not
-            world.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + 1000 * r))
+            # seed set is one realisation whose batch step counts (longest row per batch) can be lucky or not;
+            # a fresh grader pool: every repeat grades from scratch, as a fresh run does
+            cur["res"] = resources(1000 * r)
+            student.log.clear()
+            cur["r"] = r
             torch.manual_seed(r)
 
         def reseed(seeds):
-            return [(s + cur[0] * 0x9E3779B97F4A7C15) % 2**63 for s in seeds]
+            return [(s + cur["r"] * 0x9E3779B97F4A7C15) % 2**63 for s in seeds]
 
         def with_steps(fn):
             def go():
                 tokens, extra = fn()
-                return tokens, extra, sum(s for _, s in gen_log), sum(r * s for r, s in gen_log)
+                return tokens, extra, sum(s for _, s in student.log), sum(r * s for r, s in student.log)
             return go
 
         results = {}
         for stage_name, w, allow, stage_fn, rep in (
-            ("rollout", roll_w, roll_allow, lambda: engine._sample_rollouts(world, rows), repeats * 3),
-            ("branch", br_w, br_w[2], lambda: engine._run_branches(world, branches), repeats),
+            ("rollout", roll_w, roll_allow, lambda res: sample_rollouts(res, rows), repeats * 3),
+            ("branch", br_w, br_w[2], lambda res: run_branches(res, branches), repeats),
         ):
             fns = {
                 "stage": with_steps(stage(stage_fn)),
@@ -230,25 +239,24 @@ def run(quick: bool = False, threads: int = 2) -> dict:
                 "ablation": with_steps(ablation(w)),
                 "bare": with_steps(bare(w, allow)),
             }
-            times, res = C.interleaved(fns, rep, before=before)
+            times, res_ = C.interleaved(fns, rep, before=before)
             results[stage_name] = {
                 "n_prompts": len(w[0]),
                 "repeats": rep,
                 "times": times,
-                "tokens": {n: [r[0] for r in res[n]] for n in fns},
-                "grade_s": [r[1] for r in res["stage"]],
-                "bare_row_steps": [r[1] for r in res["bare"]],
-                "steps": {n: [r[2] for r in res[n]] for n in fns},
-                "row_steps": {n: [r[3] for r in res[n]] for n in fns},
+                "tokens": {n: [r[0] for r in res_[n]] for n in fns},
+                "grade_s": [r[1] for r in res_["stage"]],
+                "bare_row_steps": [r[1] for r in res_["bare"]],
+                "steps": {n: [r[2] for r in res_[n]] for n in fns},
+                "row_steps": {n: [r[3] for r in res_[n]] for n in fns},
             }
             print(f"[rollout bench] {stage_name}: " + ", ".join(f"{n} {C.median(t):.3f}s" for n, t in times.items()), flush=True)
     finally:
-        world.cfg = cfg
-        engine._grade = real_grade
-        world.student.__dict__.pop("generate", None)
-        world.grader.close()
+        for g in graders:
+            g.close()
+        loaded.sampler.close()
 
-    V = world.student.get_output_embeddings().weight.shape[0]
+    V = loaded.student.get_output_embeddings().weight.shape[0]
     proc = _processor_cost(params.batch_size, V)
     return _report(results, proc, params, V, threads, quick, br_w[2])
 
@@ -258,7 +266,7 @@ def _tps(r, n):
 
 
 def _report(results, proc, params, V, threads, quick, br_allow) -> dict:
-    labels = {"stage": "gradalign stage (sample + grade)", "sample": "generation.sample alone",
+    labels = {"stage": "gradalign stage (sample + grade)", "sample": "sampling.hf.sample alone",
               "ablation": "sample, batched Gumbel (ablation)", "bare": "bare model.generate"}
     rows = []
     summary = {}
@@ -298,7 +306,7 @@ def _report(results, proc, params, V, threads, quick, br_allow) -> dict:
                     "tokens/s (median)", "ratio vs bare (of medians)", "same-repeat ratio (min-max)", "ms per decode step"], rows),
         "",
         f"Where the branch stage's time goes (medians, each variant timed separately): whole stage {stage_t:.2f} s, of which "
-        f"grading (timed inside the stage) {grade * 1e3:.0f} ms; `generation.sample` alone {samp_t:.2f} s; bare generate {bare_t:.2f} s; "
+        f"grading (timed inside the stage) {grade * 1e3:.0f} ms; `sampling.hf.sample` alone {samp_t:.2f} s; bare generate {bare_t:.2f} s; "
         f"sampling with a batched Gumbel draw {abl_t:.2f} s.",
         "",
         f"Per decode step on a [{params.batch_size}, {V}] logit batch: counter-based Gumbel processor {per_row * 1e3:.2f} ms, "
@@ -321,7 +329,7 @@ def _report(results, proc, params, V, threads, quick, br_allow) -> dict:
     interp = (
         f"Interpretation. gradalign's rollout+branch stage runs at {comb_stage:.3f}x the tokens/s of a bare "
         f"`model.generate` loop on the same workload (ratio of medians); goal >= 0.9: {verdict}. "
-        f"`generation.sample` alone: {summary['combined/sample']:.2f}x. The same-repeat ratios show how "
+        f"`sampling.hf.sample` alone: {summary['combined/sample']:.2f}x. The same-repeat ratios show how "
         f"noisy single pairs are on 2 shared cores, and the samples differ between variants (different random draws, so "
         f"different lengths and batch step counts), so time per batched decode step is given as a second view: branch stage "
         f"{ms['stage']:.2f} ms, sample alone {ms['sample']:.2f} ms, bare {ms['bare']:.2f} ms "

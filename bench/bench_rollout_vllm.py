@@ -4,15 +4,17 @@
 Needs vLLM (`bash .ci/vllm-cpu --build-only` builds `.venv-vllm`; `bench/run_all.py` runs this file
 with that interpreter when the current one has no vLLM).
 
-Workload: what the engine samples for the demo config with `sampling.backend = "vllm"`: the
+Workload: what the pipeline samples for the demo config with `sampling.backend = "vllm"`: the
 rollout stage's prompts and the branch stage's prompts / seeds / per-continuation allowances,
-captured by running the engine's own stage functions once on a loaded world. One `LLM` engine
-serves every variant, and its prefix cache is reset before every timed call, so no variant
-inherits another's cached prefixes.
+captured by running the public pipeline stages (`gradalign.pipeline`: `sample_rollouts`,
+`select_nodes`, `score_rollouts`, `plan_branches`, `run_branches`) once on `load_resources(cfg)`,
+with the sampler wrapped in a recorder (`dataclasses.replace(res, sampler=...)`). One `LLM` engine
+(the `VLLMSampler`'s own) serves every variant, and its prefix cache is reset before every timed
+call, so no variant inherits another's cached prefixes.
 
 Variants, timed interleaved (medians over repeats):
-  stage    the engine stage (`_sample_rollouts` / `_run_branches`: sampling, decoding, grading,
-           bookkeeping; the grader's verdict cache is cleared before every repeat)
+  stage    the pipeline stage (`sample_rollouts` / `run_branches`: sampling, decoding, grading,
+           bookkeeping; every repeat gets a fresh grader pool, so no verdict is cached from before)
   sample   `VLLMSampler.sample` alone: one request per continuation, each with its own seed
   bare     `LLM.generate` with one unseeded request per sequence (same prompts, same max_tokens)
   bare-n   `LLM.generate` with identical (prompt, allowance) pairs merged into one request with
@@ -39,7 +41,16 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     from vllm.inputs import TokensPrompt
 
     import gradalign
-    from gradalign import engine
+    from gradalign.graders import GraderPool
+    from gradalign.pipeline import (
+        load_resources,
+        plan_branches,
+        run_branches,
+        sample_rollouts,
+        sampling_params,
+        score_rollouts,
+        select_nodes,
+    )
 
     repeats = 3 if quick else 5
     cfg = gradalign.load_config(C.DEMO_CONFIG)
@@ -47,52 +58,54 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     if quick:
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, limit=2))
     t0 = time.perf_counter()
-    world = engine._load_world(cfg)
+    loaded = load_resources(cfg)
     startup_s = time.perf_counter() - t0
-    sampler = world.sampler
+    sampler = loaded.sampler  # a gradalign.sampling.vllm.VLLMSampler
     llm = sampler.llm
-    params = engine._params(cfg)
-    rows = list(world.task.rows)
+    params = sampling_params(cfg)
+    rows = list(loaded.task.rows)
+    recorder = C.RecordingSampler(sampler)
+    graders = [loaded.grader]
     try:
-        calls: list[tuple] = []
-        real_sample = sampler.sample
+        def resources(seed_shift: int):
+            """The loaded resources with the recorded sampler, a fresh grader pool (no verdict cached by
+            an earlier repeat) and the run seed shifted by `seed_shift`."""
+            pool = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
+            graders.append(pool)
+            run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + seed_shift))
+            return dataclasses.replace(loaded, cfg=run_cfg, sampler=recorder, grader=pool)
 
-        def recording(prompts, seeds, max_new=None):
-            comps = real_sample(prompts, seeds, max_new)
-            calls.append((list(prompts), list(seeds), None if max_new is None else list(max_new), comps))
-            return comps
-
-        sampler.sample = recording
-        rollouts = engine._sample_rollouts(world, rows)
-        plans = engine._select(world, rollouts)
-        dists = engine._score(world, rollouts, plans, {}, {})
-        branches = engine._plan_branches(world, rollouts, plans, dists)
-        engine._run_branches(world, branches)
-        assert len(calls) == 2, "expected one sample() call per stage (logspace selector, adaptive M off)"
-        roll_w, br_w = calls
+        res = resources(0)
+        rollouts = sample_rollouts(res, rows)
+        plans = select_nodes(res, rollouts)
+        scores = score_rollouts(res, rollouts, plans)
+        branches = plan_branches(res, rollouts, plans, scores.dists)
+        run_branches(res, branches)
+        assert len(recorder.calls) == 2, "expected one sample() call per stage (logspace selector, adaptive M off)"
+        roll_w, br_w = recorder.calls
         roll_w = (roll_w[0], roll_w[1], [params.max_new_tokens] * len(roll_w[0]))
         br_w = br_w[:3]
 
-        cur = [0]
+        cur = {"r": 0, "res": res}
 
         def before(r):
             llm.reset_prefix_cache()
-            world.grader._cache.clear()
-            cur[0] = r
-            world.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + 1000 * r))
+            cur["res"].grader.close()
+            cur["res"] = resources(1000 * r)
+            cur["r"] = r
 
         def reseed(seeds):
-            return [(s + cur[0] * 0x9E3779B97F4A7C15) % 2**63 for s in seeds]
+            return [(s + cur["r"] * 0x9E3779B97F4A7C15) % 2**63 for s in seeds]
 
         def stage(fn):
             def go():
-                calls.clear()
-                fn()
-                return C.count_tokens(calls[-1][3])
+                recorder.calls.clear()
+                fn(cur["res"])
+                return C.count_tokens(recorder.calls[-1][3])
             return go
 
         def sample_only(w):
-            return lambda: C.count_tokens(real_sample(w[0], reseed(w[1]), w[2]))
+            return lambda: C.count_tokens(sampler.sample(w[0], reseed(w[1]), w[2]))
 
         def bare(w):
             def go():
@@ -112,17 +125,17 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
         results = {}
         for name, w, fn, rep in (
-            ("rollout", roll_w, lambda: engine._sample_rollouts(world, rows), repeats * 2),
-            ("branch", br_w, lambda: engine._run_branches(world, branches), repeats),
+            ("rollout", roll_w, lambda res: sample_rollouts(res, rows), repeats * 2),
+            ("branch", br_w, lambda res: run_branches(res, branches), repeats),
         ):
             fns = {"stage": stage(fn), "sample": sample_only(w), "bare": bare(w), "bare-n": bare_n(w)}
-            times, res = C.interleaved(fns, rep, before=before)
+            times, res_ = C.interleaved(fns, rep, before=before)
             groups = len({(tuple(p), a) for p, a in zip(w[0], w[2]) if a > 0})
-            results[name] = {"n_prompts": len(w[0]), "distinct_prompts": groups, "repeats": rep, "times": times, "tokens": res}
+            results[name] = {"n_prompts": len(w[0]), "distinct_prompts": groups, "repeats": rep, "times": times, "tokens": res_}
             print(f"[vllm rollout bench] {name}: " + ", ".join(f"{n} {C.median(t):.3f}s" for n, t in times.items()), flush=True)
     finally:
-        world.cfg = cfg
-        world.grader.close()
+        for g in graders:
+            g.close()
         sampler.close()
     return _report(results, params, threads, quick, startup_s)
 

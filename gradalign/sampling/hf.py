@@ -8,13 +8,13 @@ engine builds prompts), grading, or teacher scoring.
 
 Sampling is Gumbel-max: `generate` runs greedy decoding over logits/temperature + Gumbel noise.
 argmax of logits + Gumbel(0, 1) noise is an exact sample from the softmax, so this is unbiased
-sampling. The noise is counter-based: the uniform for (sequence seed s, decode step t, vocab id v)
-is a SplitMix64 hash of (s, t, v), computed for the whole [B, V] batch in a few integer ops on the
-model's device. A sequence's sample therefore depends only on its own seed, never on its batch
-(resume and re-batching give the same tokens up to float non-associativity of batched matmuls),
-and no per-row generator, host-side random draw or host-to-device copy sits in the decode loop.
-Rows stop at their own allowance (a stopping criterion), so a batch ends when its last live row
-does.
+sampling. The noise (`GumbelCounter`; `sample(noise_processor=...)` swaps it for experiments) is
+counter-based: the uniform for (sequence seed s, decode step t, vocab id v) is a SplitMix64 hash of
+(s, t, v), computed for the whole [B, V] batch in a few integer ops on the model's device. A
+sequence's sample therefore depends only on its own seed, never on its batch (resume and
+re-batching give the same tokens up to float non-associativity of batched matmuls), and no per-row
+generator, host-side random draw or host-to-device copy sits in the decode loop. Rows stop at
+their own allowance (a stopping criterion), so a batch ends when its last live row does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -82,9 +82,13 @@ def counter_uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     return (_srl(z, 11).to(torch.float64) + 0.5) * (2.0**-53)
 
 
-class _GumbelCounter:
+class GumbelCounter:
     """LogitsProcessor: logits/temperature (+ truncation) + Gumbel noise from `counter_uniform`,
-    keyed by each row's seed and its decode step (tokens generated so far)."""
+    keyed by each row's seed and its decode step (tokens generated so far).
+
+    The default noise processor of `sample`; its constructor
+    `(seeds, params, prompt_width, device)` is the signature `sample(noise_processor=...)` expects.
+    """
 
     def __init__(self, seeds: Sequence[int], params: SamplingParams, prompt_width: int, device: torch.device):
         self.params = params
@@ -119,6 +123,7 @@ def sample(
     eos_id: int,
     pad_id: int,
     max_new: Sequence[int] | None = None,
+    noise_processor: Callable[[Sequence[int], SamplingParams, int, torch.device], object] | None = None,
 ) -> list[Completion]:
     """Sample one continuation per prompt (N prompts of token ids, N seeds) -> N Completions.
 
@@ -128,12 +133,18 @@ def sample(
     an empty, truncated completion without running the model.
     Prompts are sorted by length and grouped into batches of `params.batch_size` to limit padding;
     results come back in input order.
+    `noise_processor` builds each batch's logits processor from (the batch's seeds, params, padded
+    prompt width, device); it must return logits/temperature (+ truncation) + Gumbel noise, since
+    `generate` decodes greedily over them. None (the default) is `GumbelCounter`, the counter-based,
+    per-row reproducible noise; another factory is for experiments only (e.g. the ablation in
+    bench/bench_rollout.py that swaps in one batched draw).
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
     device = next(model.parameters()).device
+    make_noise = GumbelCounter if noise_processor is None else noise_processor
     gen_cfg = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -156,7 +167,7 @@ def sample(
             p = list(prompts[i])
             ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p) :] = 1
-        proc = _GumbelCounter([seeds[i] for i in idx], params, width, device)
+        proc = make_noise([seeds[i] for i in idx], params, width, device)
         stop = _RowAllowance([allow[i] for i in idx], width, device)
         gen_cfg.max_new_tokens = max(allow[i] for i in idx)
         with torch.inference_mode():
