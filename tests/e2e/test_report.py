@@ -17,31 +17,14 @@ from pathlib import Path
 import pytest
 
 import gradalign
-from gradalign.tasks import data_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    import torch
-
-    out = tmp_path_factory.mktemp("report") / "run"
-    # one intra-op thread: the tiny world gains nothing from more, and on busy cores extra threads
-    # spin against each other (measured: 16 s with 1 thread vs 190 s with 2 beside a parallel job)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        gradalign.diagnose(gradalign.load_config(data_dir() / "configs" / "demo.toml"), out)
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-@pytest.fixture(scope="module")
-def demo_report(demo_run, tmp_path_factory):
+def demo_report(hf_demo_run, tmp_path_factory):
     rep = tmp_path_factory.mktemp("report") / "addition"
-    r = _cli("report", str(demo_run), "--out", str(rep), "--n-boot", "300")
+    r = _cli("report", str(hf_demo_run), "--out", str(rep), "--n-boot", "300")
     assert r.returncode == 0, r.stdout + r.stderr
     return rep, r.stdout
 
@@ -82,7 +65,7 @@ class _Page(HTMLParser):
             self.table_text.append(data)
 
 
-def test_report_page_is_self_contained_and_names_every_config(demo_run, demo_report):
+def test_report_page_is_self_contained_and_names_every_config(hf_demo_run, demo_report):
     rep, stdout = demo_report
     page = rep / "index.html"
     assert page.exists() and (rep / "summary.md").exists()
@@ -92,7 +75,7 @@ def test_report_page_is_self_contained_and_names_every_config(demo_run, demo_rep
     p = _Page()
     p.feed(page.read_text(encoding="utf-8"))
     cells = {s.strip() for s in p.table_text}
-    for c in _configs(demo_run):
+    for c in _configs(hf_demo_run):
         assert c in cells, f"config {c!r} missing from the page's tables"
     assert not p.external and p.scripts == 0, (p.external, p.scripts)
     assert len(p.imgs) == 5 and all(s.startswith("data:image/png;base64,") for s in p.imgs)
@@ -112,7 +95,7 @@ def _chromium(url: str, tmp: Path, *extra: str):
     return r, console
 
 
-def test_report_renders_in_headless_chromium_without_console_errors(demo_run, demo_report, tmp_path):
+def test_report_renders_in_headless_chromium_without_console_errors(hf_demo_run, demo_report, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent (Debian package `chromium`): headless console-error check skipped")
     # negative control: the detector must see a console error on a page that has one
@@ -125,33 +108,33 @@ def test_report_renders_in_headless_chromium_without_console_errors(demo_run, de
     r, console = _chromium((rep / "index.html").as_uri(), tmp_path, "--dump-dom")
     assert r.returncode == 0, r.stderr[-2000:]
     assert console == [], console
-    for c in _configs(demo_run):
+    for c in _configs(hf_demo_run):
         assert c in r.stdout
 
 
-def test_compare_csv_and_json_rank_every_config_and_loss(demo_run):
-    r = _cli("compare", str(demo_run), "--format", "csv", "--n-boot", "200")
+def test_compare_csv_and_json_rank_every_config_and_loss(hf_demo_run):
+    r = _cli("compare", str(hf_demo_run), "--format", "csv", "--n-boot", "200")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    t = gradalign.load(demo_run)
+    t = gradalign.load(hf_demo_run)
     assert {(x["config"], x["loss"]) for x in rows} == set(zip(t.alignment.config, t.alignment.loss))
     means = [float(x["mean"]) for x in rows]
     assert means == sorted(means, reverse=True) and [int(x["rank"]) for x in rows] == list(range(1, len(rows) + 1))
     for x in rows:
         assert float(x["ci_low"]) <= float(x["mean"]) <= float(x["ci_high"])
-    j = _cli("compare", str(demo_run), "--format", "json", "--n-boot", "200")
+    j = _cli("compare", str(hf_demo_run), "--format", "json", "--n-boot", "200")
     assert j.returncode == 0 and [x["config"] for x in json.loads(j.stdout)] == [x["config"] for x in rows]
-    table = _cli("compare", str(demo_run), "--n-boot", "200")
-    assert table.returncode == 0 and all(c in table.stdout for c in _configs(demo_run))
+    table = _cli("compare", str(hf_demo_run), "--n-boot", "200")
+    assert table.returncode == 0 and all(c in table.stdout for c in _configs(hf_demo_run))
 
 
-def test_weights_join_back_to_the_tokens_table(demo_run, tmp_path):
+def test_weights_join_back_to_the_tokens_table(hf_demo_run, tmp_path):
     import pandas as pd
 
-    t = gradalign.load(demo_run)
-    config = _configs(demo_run)[0]
+    t = gradalign.load(hf_demo_run)
+    config = _configs(hf_demo_run)[0]
     out = tmp_path / "w.parquet"
-    r = _cli("weights", str(demo_run), "--config", config, "--rule", "zero-negative", "--rule", "keep-tip:Q1,Q3", "--out", str(out))
+    r = _cli("weights", str(hf_demo_run), "--config", config, "--rule", "zero-negative", "--rule", "keep-tip:Q1,Q3", "--out", str(out))
     assert r.returncode == 0, r.stderr
     w = pd.read_parquet(out)
     assert list(w.columns) == ["question_id", "rollout_id", "position", "weight"]
@@ -164,12 +147,12 @@ def test_weights_join_back_to_the_tokens_table(demo_run, tmp_path):
     assert (zero.weight == 0).all()
 
 
-def test_bad_input_exits_2_with_one_line(demo_run, tmp_path):
+def test_bad_input_exits_2_with_one_line(hf_demo_run, tmp_path):
     cases = [("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")),
-             ("report", str(demo_run), "--out", str(tmp_path / "r"), "--loss", "nope"),
-             ("compare", str(demo_run), "--format", "xml"),
-             ("weights", str(demo_run), "--config", "nope", "--rule", "zero-negative"),
-             ("weights", str(demo_run), "--config", _configs(demo_run)[0], "--rule", "keep-tip:Q9")]
+             ("report", str(hf_demo_run), "--out", str(tmp_path / "r"), "--loss", "nope"),
+             ("compare", str(hf_demo_run), "--format", "xml"),
+             ("weights", str(hf_demo_run), "--config", "nope", "--rule", "zero-negative"),
+             ("weights", str(hf_demo_run), "--config", _configs(hf_demo_run)[0], "--rule", "keep-tip:Q9")]
     empty = tmp_path / "empty"
     empty.mkdir()
     cases.append(("compare", str(empty)))
@@ -177,9 +160,3 @@ def test_bad_input_exits_2_with_one_line(demo_run, tmp_path):
         r = _cli(*args)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
-
-
-@pytest.mark.parametrize("cmd", ["report", "compare", "weights"])
-def test_help_ends_with_an_example(cmd):
-    r = _cli(cmd, "--help")
-    assert r.returncode == 0 and "Example: gradalign " + cmd in " ".join(r.stdout.split())

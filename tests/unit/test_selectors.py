@@ -10,12 +10,12 @@ import pytest
 from gradalign.selectors import (
     Budget,
     Cost,
-    branch_cost,
     NodeChoice,
     RefineSelector,
     SelectionPlan,
     ValueObs,
     ValueQuery,
+    branch_cost,
     logspace_positions,
     logspace_windows,
     make_selector,

@@ -3,8 +3,6 @@ engine on an accelerator, and which model shapes vLLM's kernels refuse (asked be
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gradalign.sampling.vllm import VLLMPlatform, vllm_memory_fraction, vllm_unsupported_reason
@@ -44,25 +42,3 @@ def test_unsupported_head_sizes(cfg, on_cpu, bad):
 
 def test_unknown_cpu_kernel_list_does_not_refuse():
     assert vllm_unsupported_reason({"hidden_size": 96, "num_attention_heads": 4}, VLLMPlatform(True, None)) is None
-
-
-def test_gguf_as_folder_writes_once_and_atomically(tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from gradalign.sampling.vllm import gguf_as_folder
-    from tiny_world import make_tiny_world
-
-    root = make_tiny_world(tmp_path / "w")
-    model = AutoModelForCausalLM.from_pretrained(root / "student")
-    tok = AutoTokenizer.from_pretrained(root / "student")
-    monkeypatch.setenv("GRADALIGN_CACHE", str(tmp_path / "cache"))
-    kw = dict(content_hash="abc", gguf_file="My Model.Q4_1.gguf", dtype="float32")
-    a = gguf_as_folder(model, tok, **kw)
-    assert "My_Model.Q4_1-" in a and (tmp_path / "cache" / "gguf") in Path(a).parents
-    again = AutoModelForCausalLM.from_pretrained(a)
-    assert all((p == q).all() for p, q in zip(model.state_dict().values(), again.state_dict().values()))
-    mtime = (tmp_path / "cache" / "gguf").stat().st_mtime_ns
-    assert gguf_as_folder(model, tok, **kw) == a  # reused, not rewritten
-    assert (tmp_path / "cache" / "gguf").stat().st_mtime_ns == mtime
-    assert gguf_as_folder(model, tok, **{**kw, "dtype": "bfloat16"}) != a  # a different key
-    assert not [p for p in (tmp_path / "cache" / "gguf").iterdir() if p.name.startswith(".")]  # no temp left

@@ -1,4 +1,5 @@
-"""CLI: instant help, validation exit codes, one-line errors."""
+"""CLI: instant help that imports no torch, every registered command's help ends with an example,
+`validate` on the bundled config. Bad inputs (one line, exit 2, nothing written): test_bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -30,33 +31,26 @@ def test_help_does_not_import_torch():
     assert r.stdout.strip() == "False False", r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["diagnose", "demo", "validate", "build-world", "accuracy"])
+def _registered_commands() -> list[str]:
+    import typer
+    from gradalign.cli.app import app
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_every_registered_command_is_listed_in_help():
+    r = _cli("--help")
+    assert r.returncode == 0 and all(cmd in r.stdout for cmd in _registered_commands())
+
+
+@pytest.mark.parametrize("cmd", _registered_commands())
 def test_every_command_help_ends_with_an_example(cmd):
     r = _cli(cmd, "--help")
     assert r.returncode == 0
-    assert "Example: gradalign " + cmd in " ".join(r.stdout.split())
+    assert " ".join(r.stdout.split()).rstrip(" │╯─").split("Example: ")[-1].startswith("gradalign " + cmd), r.stdout
 
 
 def test_validate_ok():
     r = _cli("validate", str(data_dir() / "configs" / "demo.toml"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ok:")
-
-
-def test_validate_bad_config_exits_2_with_one_line(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text((data_dir() / "configs" / "demo.toml").read_text().replace("continuations = 8", "continuations = 0"))
-    r = _cli("validate", str(bad))
-    assert r.returncode == 2
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "branching.continuations" in lines[0], r.stderr
-
-
-def test_diagnose_missing_context_field_exits_2_and_writes_nothing(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text((data_dir() / "configs" / "demo.toml").read_text().replace("{summary}", "{sumary}"))
-    out = tmp_path / "out"
-    r = _cli("diagnose", str(bad), "--out", str(out))
-    assert r.returncode == 2
-    assert "sumary" in r.stderr and len([l for l in r.stderr.splitlines() if l.strip()]) == 1, r.stderr
-    assert not out.exists()

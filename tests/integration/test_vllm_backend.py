@@ -9,9 +9,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from typer.testing import CliRunner  # noqa: E402
-
 from tiny_world import make_tiny_world  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -19,8 +18,9 @@ pytestmark = pytest.mark.vllm
 def test_preflight_refuses_a_head_size_vllm_cannot_run(tmp_path):
     """Head size 24 is not among vLLM's CPU attention kernels: `validate` says so in one line, before
     any engine starts (on a GPU, flash attention takes it, and validate passes)."""
-    from gradalign.sampling.vllm import vllm_platform
     from gradalign.cli.app import app
+
+    from gradalign.sampling.vllm import vllm_platform
 
     root = make_tiny_world(tmp_path / "w", hidden=48, heads=2)
     cfg = tmp_path / "c.toml"

@@ -5,21 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-
-import pytest
 
 from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, load
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, backend):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    cmd = [sys.executable, "-m", "gradalign", "demo", "--out", str(out), "--backend", backend]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out, r.stdout
 
 
 def test_demo_writes_tables_with_documented_columns(demo_run, backend):

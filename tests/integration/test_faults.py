@@ -4,10 +4,10 @@ raises, a teacher with non-finite logits, rollouts cut by the length limit."""
 from __future__ import annotations
 
 import pytest
+from tiny_world import make_tiny_world
 
 from gradalign.config import config_from_dict, default_config_dict
 from gradalign.engine import diagnose
-from tiny_world import make_tiny_world
 
 
 def _cfg(root, grader):

@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny_world import make_tiny_world
 
 from gradalign import gradients as G
 from gradalign.config import config_from_dict, default_config_dict
 from gradalign.tables import TABLES
 from gradalign.world import build_tokenizer
-from tiny_world import make_tiny_world
 
 L = 4  # max_new_tokens
 LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token")

@@ -20,7 +20,7 @@ from gradalign.graders import (
     parse_number,
 )
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where grader_fixtures.py lives
 
 
 @pytest.fixture

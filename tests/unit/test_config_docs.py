@@ -16,7 +16,7 @@ CONFIG_CLASSES = (
     C.RunConfig, C.RunSection, C.TaskConfig, C.ModelConfig, C.SamplingConfig, C.BranchingConfig, C.DistillConfig,
     C.TeacherConfig, C.SelectorSpec,
 )
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _dotted_names() -> list[str]:

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from gradalign.tables import TABLES, load
+from gradalign.tables import TABLES, RunIncomplete, load
 from gradalign.tasks import data_dir
 
 SMALL = ["--set", "task.limit=3", "--set", "sampling.rollouts_per_question=2", "--set", "branching.continuations=4"]
@@ -58,7 +58,7 @@ def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path, backend):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
-    with pytest.raises(Exception):
+    with pytest.raises(RunIncomplete, match="no manifest.json"):
         load(out)  # an incomplete run is refused, not half-read
     r = _diagnose(out, backend, "--resume")
     assert r.returncode == 0, r.stderr

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from gradalign.cli.app import app
 from typer.testing import CliRunner
 
-from gradalign.cli.app import app
 from gradalign.tasks import data_dir
 
 DEMO = (data_dir() / "configs" / "demo.toml").read_text()

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from gradalign.world import arithmetic as ar
 from gradalign.tasks import data_dir
+from gradalign.world import arithmetic as ar
 
 MODELS = ("student", "teacher-strong", "teacher-flawed")
 
