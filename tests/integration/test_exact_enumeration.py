@@ -192,6 +192,7 @@ def test_same_seed_gives_identical_tables(world64, tmp_path, backend):
     assert math.isfinite(a.alignment.cos.dropna().mean())
 
 
+@pytest.mark.slow  # about 25 s per M on 2 cores: 6 seeds x 24 rollouts against exact enumeration
 @pytest.mark.parametrize("M", [2, 4])
 def test_debiased_cosine_is_closer_at_small_m(tiny_world, tmp_path, M):
     """At small M the naive cosine is shrunk toward 0 (noise inflates ||g||); averaged over nodes,
