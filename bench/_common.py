@@ -62,7 +62,7 @@ def loadavg() -> str:
 
 
 def machine_info() -> dict:
-    import importlib.metadata as md
+    from gradalign.tables import package_versions
 
     cpu = "unknown"
     try:
@@ -79,12 +79,7 @@ def machine_info() -> dict:
                 ram_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    versions = {"python": platform.python_version()}
-    for pkg in ("gradalign", "torch", "transformers", "numpy", "pandas", "pyarrow"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
+    versions = package_versions()
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout.strip())

@@ -34,7 +34,6 @@ import _common as C
 
 L = 7
 ROLLOUTS = 24
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 
 
 def _success(text: str) -> bool:
@@ -109,7 +108,7 @@ class _Exact:
                 g = G.ideal_gradient(lp.exp(), S)
                 y = ids[t] if t < len(ids) else eos
                 for cfg, lq in (("self-hint", lq_self), ("other", lq_other)):
-                    for loss in LOSSES:
+                    for loss in G.LOSSES:
                         d = G.distill_direction(loss, lp, lq, token=torch.tensor(y))
                         out[(r.rollout_id, t, cfg, loss)] = G.cosine(g, d).value
         return out

@@ -2,8 +2,9 @@
 
 Owns: building the candidate set K at one node from the sampled token, the student's top-k, each
 teacher config's top-k, and an optional coverage extension (student tokens by descending
-probability until a target mass is covered), with a cap and a recorded source per candidate.
-Does not own the residual bucket's sampling (the engine draws it) or the estimates (`estimates`).
+probability until a target mass is covered), with a cap and a recorded source per candidate; and
+`slots_per_node`, the estimation slots a node is budgeted for (selectors' cost, preflight's check).
+Does not own the residual bucket's sampling (`pipeline.branching` draws it) or the estimates (`estimates`).
 
 Priority when the cap bites: sampled token, then student top-k, then teachers' top-k in config
 order, then coverage tokens. A token proposed by several sources keeps the first source.

@@ -2,8 +2,8 @@
 
 Owns: the position rules (`every`, `stride`, `logspace`, `refine`), the cost model below, budget
 enforcement (dropping nodes, reserving for the final branching), and the lockstep query protocol
-by which `refine` asks the engine for value estimates. Does NOT own sampling, grading, candidate
-choice, the number of candidates per node, or writing results: the engine runs the selectors,
+by which `refine` asks for value estimates. Does NOT own sampling, grading, candidate
+choice, the number of candidates per node, or writing results: `pipeline.selection.select_nodes` runs the selectors,
 answers their value queries with its own generate/grade calls, and branches at `plan().nodes`.
 Pure Python and deterministic (no randomness anywhere).
 
@@ -23,7 +23,7 @@ rollout, at least one).
   candidates, residual included, times M) and ``branch_continuations * max(1, T - t)`` tokens.
 - A value query at node t < T (refine only) costs ``value_continuations`` continuations and
   ``value_continuations * max(1, T - t)`` tokens.
-- The pseudo-node T costs nothing: the engine answers it with the rollout's graded outcome
+- The pseudo-node T costs nothing: `select_nodes` answers it with the rollout's graded outcome
   (``ValueObs(successes=outcome, n=1)``) without generating.
 
 Rules
@@ -45,7 +45,7 @@ For every/stride/logspace, positions are admitted from the latest (cheapest) to 
 the ones that do not fit are dropped, so logspace loses its earliest (most expensive) windows
 first. Drops are counted in `SelectionPlan.dropped` and logged at INFO.
 
-Protocol (identical for all kinds, so an engine can run many rollouts' selectors in lockstep and
+Protocol (identical for all kinds, so `select_nodes` can run many rollouts' selectors in lockstep and
 batch every pending value query of a round into one generate call)::
 
     sel = make_selector("refine", None, n_tokens=T, budget=Budget(max_tokens=50_000),
@@ -113,7 +113,7 @@ class NodeChoice:
 
 @dataclass(frozen=True)
 class ValueObs:
-    """The engine's answer to a value query: `successes` of `n` graded continuations."""
+    """The answer to a value query: `successes` of `n` graded continuations."""
 
     successes: int
     n: int
@@ -252,7 +252,7 @@ class Selector:
         self.branch_continuations = branch_continuations
 
     def pending(self) -> tuple[int, ...]:
-        """Positions whose V the engine must estimate now, ascending; empty when done."""
+        """Positions whose V must be estimated now, ascending; empty when done."""
         raise NotImplementedError
 
     def observe(self, answers: Mapping[int, ValueObs]) -> None:
@@ -329,7 +329,7 @@ class RefineSelector(Selector):
     """Bisect towards decisive tokens with value queries, then branch the best `refine_nodes`.
 
     Round 0 queries the anchors: the logspace positions plus 0, and the pseudo-node T (which the
-    engine answers with the rollout's graded outcome, n=1, at no cost). Anchors are admitted
+    selection stage answers with the rollout's graded outcome, n=1, at no cost). Anchors are admitted
     latest-first; one that does not fit (with the reserve below) is dropped, so under a tight
     budget the earliest anchors, 0 included, go first. T is only asked for when some anchor is.
 

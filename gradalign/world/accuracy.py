@@ -44,8 +44,9 @@ def measure_accuracy(model, tokenizer, rows: list[dict], context: str, *, seed: 
         model, prompts, seeds, SamplingParams(max_new_tokens=max_new_tokens, batch_size=128),
         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
     )
-    correct = sum(
-        (extract_answer(tokenizer.decode(c.token_ids)) or "").strip() == r["answer"] for c, r in zip(comps, rows)
+    correct = sum(  # a completion cut by max_new_tokens is a failure, as everywhere in gradalign
+        not c.truncated and (extract_answer(tokenizer.decode(c.token_ids)) or "").strip() == r["answer"]
+        for c, r in zip(comps, rows)
     )
     return Accuracy(name, context, len(rows), correct, sum(c.truncated for c in comps))
 
