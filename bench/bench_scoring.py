@@ -80,7 +80,7 @@ def _score_calls(res, rollouts, plans) -> list[tuple]:
     from gradalign.tasks import encode_prefix, render
 
     cfg, tok = res.cfg, res.tokenizer
-    kw = {"temperature": cfg.sampling.temperature, "pad_id": tok.pad_token_id, "keep_full": True}
+    kw = {"temperature": cfg.sampling.temperature, "pad_id": tok.pad_token_id, "keep_full": True, "vocab_size": len(tok)}
     V = res.student.get_output_embeddings().weight.shape[0]
     t_max = max((len(r.token_ids) for r in rollouts), default=1)
     group = max(1, min(16, (512 << 20) // (8 * max(t_max, 1) * V)))

@@ -4,10 +4,16 @@ Owns: batched forward passes of a model over (prefix ids + completion ids), turn
 completion positions into per-token statistics, and keeping full-vocabulary log-prob vectors only
 at the branched node positions. Never holds T x V x C logits: each batch of sequences is reduced to
 per-token statistics before the next one, and only node rows [n_nodes, V] survive.
-Does not own the divergence math (`gradients`) or which positions are nodes (`selectors`).
+Also owns restricting a model's distribution to the tokenizer's ids (`restrict_to_vocab`) and
+measuring the mass its padded LM-head rows carried. Does not own the divergence math (`gradients`)
+or which positions are nodes (`selectors`).
 
 Shapes: for a sequence with prefix length P and completion length T, the logits at index P-1+t
-predict completion token t; `logp[t]` is log softmax(logits[P-1+t] / temperature).
+predict completion token t; `logp[t]` is log softmax(logits[P-1+t][:V_tok] / temperature).
+V_head: rows of the model's LM head (its logits' width); V_tok = len(tokenizer), the ids every
+model of a run shares (ids 0..V_tok-1). V_head >= V_tok: heads are often padded for kernel
+alignment (Qwen2.5-7B: 152,064 rows for 151,665 ids). Every returned distribution is over V_tok,
+renormalised, so a padded teacher compares id by id with an unpadded student (and vice versa).
 """
 
 from __future__ import annotations
@@ -32,14 +38,42 @@ class ScoreRequest:
 class Scored:
     """log_softmax rows at the completion positions, reduced.
 
-    logp_full: [T, V] float32 on CPU — only when `keep_full` was asked (student, for divergences);
-    token_logprob: [T] log p(y_t); entropy: [T]; node_logp: [len(nodes), V] float64.
+    logp_full: [T, V_tok] float32 on CPU — only when `keep_full` was asked (student, for divergences);
+    token_logprob: [T] log p(y_t); entropy: [T]; node_logp: [len(nodes), V_tok] float64;
+    padded_mass: the largest softmax mass the model put on padded ids (V_tok..V_head-1) at any
+    completion position, before restriction (0.0 when the head is not padded).
     """
 
     token_logprob: torch.Tensor
     entropy: torch.Tensor
     node_logp: torch.Tensor
     logp_full: torch.Tensor | None
+    padded_mass: float = 0.0
+
+
+PADDED_MASS_TOLERANCE = 1e-3
+"""A scored sequence whose model put more than this softmax mass on padded LM-head rows at any
+position is a recorded fault (the distribution was renormalised over the tokenizer's ids, so the
+numbers are still defined, but the model was not a distribution over them). Trained models give
+their padded rows ~0 mass; rows never trained (zero rows: logit 0) can take real mass where the
+model is unsure."""
+
+
+def restrict_to_vocab(z: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-softmax of logits `z` [..., V_head] over the first `vocab_size` (V_tok) ids, renormalised,
+    and the softmax mass the full row put on the padded ids V_tok..V_head-1 -> ([..., V_tok], [...]).
+
+    With V_head == V_tok this is exactly `log_softmax(z)` and a zero mass. V_head < V_tok is an
+    error: the model cannot score ids its head does not have.
+    """
+    V = z.shape[-1]
+    if vocab_size > V:
+        raise ValueError(f"vocab_size {vocab_size} exceeds the logits' width {V}")
+    if vocab_size == V:
+        return torch.log_softmax(z, dim=-1), torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+    kept = z[..., :vocab_size]
+    mass = torch.exp(torch.logsumexp(z[..., vocab_size:], dim=-1) - torch.logsumexp(z, dim=-1))
+    return torch.log_softmax(kept, dim=-1), mass
 
 
 def _batches(reqs: Sequence[ScoreRequest], max_tokens: int, max_logit_elems: int, vocab: int):
@@ -67,6 +101,7 @@ def score(
     temperature: float = 1.0,
     pad_id: int = 0,
     keep_full: bool = False,
+    vocab_size: int | None = None,
     max_batch_tokens: int = 16384,
     max_logit_bytes: int = 256 << 20,
 ) -> list[Scored]:
@@ -76,13 +111,17 @@ def score(
     completion sits at the end, and only the last (max completion + 1) positions' logits are
     computed (`logits_to_keep`): the logits tensor is rows x (T+1) x V, never the full sequence,
     and batches are sized so it stays under `max_logit_bytes` (large vocabularies get small batches).
-    With `keep_full`, the [T, V] log-prob matrix of each sequence is returned (float32, CPU) so the
+    With `keep_full`, the [T, V_tok] log-prob matrix of each sequence is returned (float32, CPU) so the
     caller can compute divergences against teachers one sequence at a time.
+    `vocab_size` is V_tok (the tokenizer's length); None means the head's rows (no restriction).
     """
     from gradalign.gradients import entropy
 
     device = next(model.parameters()).device
-    V = model.get_output_embeddings().weight.shape[0]
+    V = model.get_output_embeddings().weight.shape[0]  # V_head: width of the logits
+    n_tok = V if vocab_size is None else int(vocab_size)
+    if n_tok > V:
+        raise ValueError(f"the model's LM head has {V} rows, fewer than the tokenizer's {n_tok} ids")
     out: list[Scored | None] = [None] * len(reqs)
     for idx in _batches(reqs, max_batch_tokens, max_logit_bytes // 4, V):
         seqs = [list(reqs[i].prefix) + list(reqs[i].completion) for i in idx]
@@ -104,11 +143,12 @@ def score(
             T = len(req.completion)
             if T == 0:
                 empty = torch.zeros(0)
-                out[i] = Scored(empty, empty, torch.zeros((0, V), dtype=torch.float64), torch.zeros((0, V)) if keep_full else None)
+                out[i] = Scored(empty, empty, torch.zeros((0, n_tok), dtype=torch.float64),
+                                torch.zeros((0, n_tok)) if keep_full else None)
                 continue
             off = tmax - T  # logits at kept index off + t predict completion token t
-            z = logits[r, off : off + T].double() / temperature  # [T, V]
-            logp = torch.log_softmax(z, dim=-1)
+            z = logits[r, off : off + T].double() / temperature  # [T, V_head]
+            logp, padded = restrict_to_vocab(z, n_tok)  # [T, V_tok], [T]
             tok = torch.tensor(req.completion, dtype=torch.long, device=logp.device)
             token_lp = logp.gather(-1, tok[:, None])[:, 0]
             node_lp = logp[list(req.nodes)] if req.nodes else logp[:0]
@@ -117,6 +157,7 @@ def score(
                 entropy=entropy(logp).float().cpu(),
                 node_logp=node_lp.cpu(),
                 logp_full=logp.float().cpu() if keep_full else None,
+                padded_mass=float(padded.max()) if n_tok < V else 0.0,
             )
         del logits
     return out  # type: ignore[return-value]

@@ -4,18 +4,24 @@ Owns: `score_rollouts`: one forward pass per rollout for the student and per (ro
 the teachers over the student's exact token ids (a teacher sees its rendered context + the prompt
 before them); the per-token rows of the tokens table (log-probs, entropies, KL both ways, JSD,
 distribution cosine, built column-wise: one list per `tables.TokenRow` field); the full
-full-vocabulary log-probs at branched positions (`NodeDists`) for the later stages; and the hash of
-each teacher's token prefix per question (manifest). Does not own the forward pass and its memory
-bounds (`gradalign.scoring.score`) nor the divergence formulas (`gradalign.gradients`).
+full-vocabulary log-probs at branched positions (`NodeDists`) for the later stages; the hash of
+each teacher's token prefix per question (manifest); and, per rollout, how many of its scored
+sequences (under the student or a config) put more than `scoring.PADDED_MASS_TOLERANCE` on padded
+LM-head rows (a fault the engine counts in the manifest). Does not own the forward pass, its memory
+bounds and the restriction to the tokenizer's ids (`gradalign.scoring.score`) nor the divergence
+formulas (`gradalign.gradients`).
 
-Shapes: T completion positions of a rollout, V vocabulary; node log-probs are [n_nodes, V],
-temperature-scaled (z / tau) like the sampler's.
+Shapes: T completion positions of a rollout, V = V_tok = len(tokenizer), the ids all models share
+(a model's LM head may have more rows, V_head, as padding: they are cut off and the rest
+renormalised, `scoring.restrict_to_vocab`); node log-probs are [n_nodes, V_tok], temperature-scaled
+(z / tau) like the sampler's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,27 +33,33 @@ from gradalign.pipeline.rollouts import Rollout
 from gradalign.selectors import SelectionPlan
 from gradalign.tables import TokenRow
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class NodeDists:
-    """Full-vocabulary log-probs at one rollout's branched nodes, in plan order."""
+    """Log-probs over the tokenizer's ids at one rollout's branched nodes, in plan order."""
 
-    student: torch.Tensor  # [n_nodes, V]
-    teachers: dict  # config name -> [n_nodes, V]
+    student: torch.Tensor  # [n_nodes, V_tok]
+    teachers: dict  # config name -> [n_nodes, V_tok]
 
 
 @dataclass(frozen=True)
 class Scores:
-    """What scoring hands on: the tokens table's columns, node distributions and prefix hashes."""
+    """What scoring hands on: the tokens table's columns, node distributions, prefix hashes and
+    padded-head faults."""
 
     tokens: dict  # {TokenRow field: list}, one entry per rollout token x config
     dists: dict  # (question_id, rollout_id) -> NodeDists
     prefix_hashes: dict  # (question_id, config) -> blake2b of the teacher's prefix token ids
+    # (question_id, rollout_id) -> scored sequences of the rollout (student, each config) whose model put
+    # more than scoring.PADDED_MASS_TOLERANCE on padded LM-head rows at some position (0 when none)
+    padded_faults: dict = dataclasses.field(default_factory=dict)
 
 
 def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan]) -> Scores:
     """Score every rollout under the student and every config; keep full distributions at nodes."""
-    from gradalign.scoring import ScoreRequest, score
+    from gradalign.scoring import PADDED_MASS_TOLERANCE, ScoreRequest, score
     from gradalign.tasks import encode_prefix, render
 
     cfg, tok = res.cfg, res.tokenizer
@@ -57,6 +69,14 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
     prefix_hashes: dict[tuple[str, str], str] = {}
     nodes_of = [p.positions for p in plans]
     dists: dict[tuple[str, int], NodeDists] = {}
+    n_tok = len(tok)  # V_tok: every distribution is over the tokenizer's ids (padded head rows cut off)
+    padded_faults = {(r.question_id, r.rollout_id): 0 for r in rollouts}
+    worst: dict[str, float] = {}  # model (student / config) -> largest padded mass over its faulty sequences
+
+    def padded(r, who: str, mass: float) -> None:
+        if mass > PADDED_MASS_TOLERANCE:
+            padded_faults[(r.question_id, r.rollout_id)] += 1
+            worst[who] = max(worst.get(who, 0.0), mass)
     # rollouts scored together: bounds the [T, V] float32 matrices alive at once (student + one teacher)
     V = res.student.get_output_embeddings().weight.shape[0]
     t_max = max((len(r.token_ids) for r in rollouts), default=1)
@@ -64,10 +84,11 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
     for g0 in range(0, len(rollouts), group):
         idx = list(range(g0, min(g0 + group, len(rollouts))))
         sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].token_ids, nodes_of[i]) for i in idx]
-        s_out = score(res.student, sreq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)
+        s_out = score(res.student, sreq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
         s_lists = {}
         for k, i in enumerate(idx):
             r = rollouts[i]
+            padded(r, "student", s_out[k].padded_mass)
             dists[(r.question_id, r.rollout_id)] = NodeDists(s_out[k].node_logp, {})
             ids = list(r.token_ids)
             for t in ids:
@@ -84,9 +105,10 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
                 ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
                 prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
                 treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
-            t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True)
+            t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
             for k, i in enumerate(idx):
                 r, s, t = rollouts[i], s_out[k], t_out[k]
+                padded(r, f"config {teacher.name!r}", t.padded_mass)
                 T = len(r.token_ids)
                 dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = t.node_logp
                 if T == 0:
@@ -110,4 +132,10 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
                 cols["branched"] += br
             del t_out
         del s_out
-    return Scores(cols, dists, prefix_hashes)
+    if worst:
+        log.warning(
+            "padded LM-head rows (ids >= the tokenizer's %d) carried more than %g softmax mass in %d scored sequences "
+            "(largest: %s); distributions were renormalised over the tokenizer's ids and each such sequence is "
+            "counted in the manifest's faults (padded_head_mass)", n_tok, PADDED_MASS_TOLERANCE,
+            sum(padded_faults.values()), ", ".join(f"{w} {m:.3g}" for w, m in worst.items()))
+    return Scores(cols, dists, prefix_hashes, padded_faults)
