@@ -2,8 +2,10 @@
 
 Owns: turning a model reference from a config (a bundled name under `data/models/`, a local folder,
 or a Hugging Face model id, optionally with a GGUF file) into a loaded `transformers` model and
-tokenizer; content hashes for the manifest; and the check that a teacher shares the student's
-tokenizer (same vocabulary and ids). Does not own sampling (`sampling`) or scoring (`scoring`).
+tokenizer; content hashes for the manifest; the check that a teacher shares the student's
+tokenizer (same vocabulary and ids: tokenizers are compared, never weight-matrix sizes); and the
+check that a loaded model's LM head has a row for every tokenizer id (V_head >= V_tok =
+len(tokenizer); extra rows are padding). Does not own sampling (`sampling`) or scoring (`scoring`).
 """
 
 from __future__ import annotations
@@ -161,3 +163,23 @@ def check_same_tokenizer(student_tok, teacher_tok, *, student_name: str, teacher
             f"teacher {teacher_name!r} and student {student_name!r} use different EOS ids "
             f"({teacher_tok.eos_token_id} vs {student_tok.eos_token_id})"
         )
+
+
+def check_head_covers_tokenizer(model, tokenizer, *, name: str) -> int:
+    """The model's LM-head rows (V_head) must cover the tokenizer's ids 0..len(tokenizer)-1 (V_tok).
+
+    More rows than ids is padding (e.g. Qwen2.5-7B's 152,064 rows for 151,665 ids), allowed: scoring
+    and the hf sampler restrict every distribution to the tokenizer's ids. Fewer is an error: the
+    model cannot give a probability to ids its head lacks. Returns V_head.
+    """
+    rows = int(model.get_output_embeddings().weight.shape[0])
+    n = len(tokenizer)
+    if rows < n:
+        raise ModelError(
+            f"{name}: its LM head has {rows} rows but the tokenizer has {n} ids; gradalign needs a probability "
+            f"for every tokenizer id (was the tokenizer extended without resizing the model?)"
+        )
+    if rows > n:
+        log.info("%s: LM head has %d rows for %d tokenizer ids; the %d padded rows are left out of every distribution",
+                 name, rows, n, rows - n)
+    return rows

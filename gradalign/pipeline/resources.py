@@ -1,9 +1,11 @@
 """What every pipeline stage needs, loaded once per run: `Resources`.
 
 Owns: loading the student, each distinct teacher model (checked to share the student's
-tokenizer), the rollout sampler (`gradalign.sampling`) and the grader pool, after preflight has run
-every check that needs no weights. Does not own any stage's work, nor closing the pool and sampler
-(`engine.diagnose` does, when the run ends).
+tokenizer, and to have an LM head covering its ids: `check_head_covers_tokenizer`), the rollout
+sampler (`gradalign.sampling`) and the grader pool, after preflight has run every check that needs
+no weights. The comparable vocabulary is the tokenizer's ids, V_tok = len(tokenizer); a model's LM
+head may have more rows (V_head, padding), which scoring and the hf sampler cut off. Does not own
+any stage's work, nor closing the pool and sampler (`engine.diagnose` does, when the run ends).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def load_resources(cfg: RunConfig) -> Resources:
     task = preflight(cfg).task  # every check that needs no weights, before any is loaded
     sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
     student = models.load(sref, dtype=cfg.student.dtype, device=cfg.student.device)
+    models.check_head_covers_tokenizer(student.model, student.tokenizer, name=f"student {cfg.student.model!r}")
     hashes = {cfg.student.model: student.content_hash}
     loaded: dict[tuple, object] = {}
     teachers = []
@@ -68,6 +71,7 @@ def load_resources(cfg: RunConfig) -> Resources:
                 ttok = models.load_tokenizer(tref)
                 models.check_same_tokenizer(student.tokenizer, ttok, student_name=cfg.student.model, teacher_name=t.name)
                 lm = models.load(tref, dtype=t.dtype or cfg.student.dtype, device=cfg.student.device, tokenizer=ttok)
+                models.check_head_covers_tokenizer(lm.model, student.tokenizer, name=f"teacher {t.name!r} ({t.model})")
                 loaded[key] = lm.model
                 hashes[t.model] = lm.content_hash
             model = loaded[key]
