@@ -22,7 +22,7 @@ def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = 
     if backend == "hf":
         from gradalign.sampling.hf import HFSampler
 
-        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id)
+        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id, vocab_size=len(tok))
     if backend == "vllm":
         from gradalign.sampling.vllm import VLLMSampler, gguf_as_folder
 

@@ -15,6 +15,12 @@ sequence's sample therefore depends only on its own seed, never on its batch (re
 re-batching give the same tokens up to float non-associativity of batched matmuls), and no per-row
 generator, host-side random draw or host-to-device copy sits in the decode loop. Rows stop at
 their own allowance (a stopping criterion), so a batch ends when its last live row does.
+
+Padded LM heads: a model's head may have more rows (V_head) than its tokenizer has ids (V_tok =
+len(tokenizer)); with `vocab_size` = V_tok the padded ids get -inf before the noise (`MaskPadded`), so
+a padded id is never drawn and the draw is from softmax over the tokenizer's ids, renormalised, the
+distribution scoring uses. The noise of id v does not depend on the width, so ids < V_tok draw the same
+noise as under an unpadded head. With V_head == V_tok nothing is added (the default path is unchanged).
 """
 
 from __future__ import annotations
@@ -102,6 +108,16 @@ class GumbelCounter:
         return scores + (-torch.log(-torch.log(u))).to(scores.dtype)
 
 
+class MaskPadded:
+    """LogitsProcessor: logits of padded LM-head rows (ids >= vocab_size) set to -inf."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.index_fill(-1, torch.arange(self.vocab_size, scores.shape[-1], device=scores.device), -math.inf)
+
+
 class _RowAllowance:
     """StoppingCriteria: row r is done once it has generated allow[r] tokens (EOS is handled by
     generate itself), so rows with short allowances stop holding their batch open."""
@@ -124,6 +140,7 @@ def sample(
     pad_id: int,
     max_new: Sequence[int] | None = None,
     noise_processor: Callable[[Sequence[int], SamplingParams, int, torch.device], object] | None = None,
+    vocab_size: int | None = None,
 ) -> list[Completion]:
     """Sample one continuation per prompt (N prompts of token ids, N seeds) -> N Completions.
 
@@ -138,6 +155,8 @@ def sample(
     `generate` decodes greedily over them. None (the default) is `GumbelCounter`, the counter-based,
     per-row reproducible noise; another factory is for experiments only (e.g. the ablation in
     bench/bench_rollout.py that swaps in one batched draw).
+    `vocab_size` is the tokenizer's length (V_tok); when the model's LM head has more rows, the padded
+    ids are masked (`MaskPadded`) before the noise processor. None: the head's rows, nothing masked.
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -145,6 +164,10 @@ def sample(
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
     device = next(model.parameters()).device
     make_noise = GumbelCounter if noise_processor is None else noise_processor
+    head_rows = model.get_output_embeddings().weight.shape[0]
+    if vocab_size is not None and vocab_size > head_rows:
+        raise ValueError(f"the model's LM head has {head_rows} rows, fewer than the tokenizer's {vocab_size} ids")
+    mask_padded = [MaskPadded(vocab_size)] if vocab_size is not None and vocab_size < head_rows else []
     gen_cfg = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -175,7 +198,7 @@ def sample(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=gen_cfg,
-                logits_processor=LogitsProcessorList([proc]),
+                logits_processor=LogitsProcessorList([*mask_padded, proc]),
                 stopping_criteria=StoppingCriteriaList([stop]),
             )
         new = seqs[:, width:].tolist()
@@ -191,15 +214,18 @@ def sample(
 
 @dataclass
 class HFSampler:
-    """The `Sampler` on transformers: `sample` below, with the student's EOS and pad ids."""
+    """The `Sampler` on transformers: `sample` below, with the student's EOS and pad ids and its
+    tokenizer's length (`vocab_size`: padded LM-head rows beyond it are never drawn; None = no mask)."""
 
     model: object
     params: SamplingParams
     eos_id: int
     pad_id: int
+    vocab_size: int | None = None
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new: Sequence[int] | None = None) -> list[Completion]:
-        return sample(self.model, prompts, seeds, self.params, eos_id=self.eos_id, pad_id=self.pad_id, max_new=max_new)
+        return sample(self.model, prompts, seeds, self.params, eos_id=self.eos_id, pad_id=self.pad_id, max_new=max_new,
+                      vocab_size=self.vocab_size)
 
     def close(self) -> None:
         pass

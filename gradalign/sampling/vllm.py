@@ -10,6 +10,12 @@ student scoring stay on transformers in every case (`scoring`): vLLM's prompt lo
 only, and gradalign needs full-vocabulary distributions.
 Does not own what to sample (the engine) or how continuations are graded.
 
+Padded LM heads (more rows than tokenizer ids, e.g. Qwen2.5): vLLM samples over the model's full
+head; nothing here masks the padded ids (unlike `hf.MaskPadded`). Trained models give those rows ~0
+mass, so they are practically never drawn; scoring renormalises over the tokenizer's ids and records
+any non-negligible padded mass as a fault (`scoring.PADDED_MASS_TOLERANCE`), which flags a head where
+a padded draw would be possible.
+
 Seeds derive from the same stable ids under both backends; the samples differ between backends
 (different kernels and RNGs), so compare runs within one backend.
 """
