@@ -56,3 +56,39 @@ def last_number_equals(text, row):
 
     nums = re.findall(r"-?\d+", text)
     return bool(nums) and nums[-1] == str(row["answer"]).strip()
+
+
+def raises_on_boom(text, row):
+    """Breaker tests: raises when the completion contains "boom", else says_yes."""
+    if "boom" in text:
+        raise ValueError("boom")
+    return "yes" in text
+
+
+def raises_on_q2(text, row):
+    """Grader-fault tests: raises on every completion of row q2 (all its continuations fail
+    grading), else odd_a."""
+    if row["id"] == "q2":
+        raise ValueError("grader bug on q2")
+    return text.count("a") % 2 == 1
+
+
+def returns_row_value(text, row):
+    """Result-type tests: returns the row's "value" whatever it is."""
+    return row["value"]
+
+
+class _NotAnException(BaseException):
+    pass
+
+
+def raises_base_exception(text, row):
+    """Raises a BaseException that is not an Exception (user code can)."""
+    raise _NotAnException("not an Exception")
+
+
+def calls_sys_exit(text, row):
+    """Calls sys.exit while grading, like a script turned into a grader."""
+    import sys
+
+    sys.exit(3)

@@ -9,7 +9,7 @@ Modules:
     ``exact`` and ``numeric`` comparisons, and the math-verify / ``python:`` grader callables.
   * ``pool``: where and when graders run: ``GraderPool`` (verdict cache, worker processes
     for untrusted graders, per-call timeouts, worker replacement), ``GradeItem``,
-    ``GraderStats``, ``GraderPoolError``.
+    ``GraderStats``, ``GraderPoolError``, and the circuit breaker's ``GraderBroken``.
 
 Does NOT own: loading task rows or datasets, sampling completions, deciding which
 completions to grade, aggregating verdicts into success rates, or any reporting.
@@ -18,7 +18,15 @@ the public names of its modules, so ``from gradalign.graders import GraderPool``
 """
 
 from gradalign.graders.grading import NUMERIC_TOLERANCE, Verdict, extract_answer, numbers_close, parse_number
-from gradalign.graders.pool import GradeItem, GraderPool, GraderPoolError, GraderStats
+from gradalign.graders.pool import (
+    BREAKER_MAX_FAILURE_RATE,
+    BREAKER_MIN_CALLS,
+    GradeItem,
+    GraderBroken,
+    GraderPool,
+    GraderPoolError,
+    GraderStats,
+)
 from gradalign.graders.spec import (
     MATH_INSTALL_HINT,
     VALID_FORMS,
@@ -29,10 +37,13 @@ from gradalign.graders.spec import (
 )
 
 __all__ = [
+    "BREAKER_MAX_FAILURE_RATE",
+    "BREAKER_MIN_CALLS",
     "MATH_INSTALL_HINT",
     "NUMERIC_TOLERANCE",
     "VALID_FORMS",
     "GradeItem",
+    "GraderBroken",
     "GraderPool",
     "GraderPoolError",
     "GraderSpec",

@@ -16,10 +16,11 @@ verdicts into success rates.
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
+from typing import Any, Callable
 
 from gradalign.graders.spec import GraderSpec, import_math_verify, import_python_grader
 
@@ -214,6 +215,17 @@ class _MathVerifyGrader:
         return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
+def grader_result(result: Any) -> bool | None:
+    """A ``python:`` grader's return value as a verdict: ``bool`` (numpy's included) as is, the
+    integers 0 and 1 as false/true; None for anything else (7, "yes", None, 1.0), which the
+    caller turns into an ``error`` verdict rather than reading it as true."""
+    if isinstance(result, bool) or (type(result).__module__ == "numpy" and type(result).__name__ in ("bool", "bool_")):
+        return bool(result)
+    if isinstance(result, numbers.Integral) and result in (0, 1):
+        return bool(result)
+    return None
+
+
 class _PythonGrader:
     def __init__(self, spec: GraderSpec) -> None:
         self._fn = import_python_grader(spec)
@@ -221,12 +233,14 @@ class _PythonGrader:
 
     def __call__(self, completion: str, row: dict) -> Verdict:
         result = self._fn(completion, row)
-        if not isinstance(result, (bool, int)) and type(result).__name__ != "bool_":
+        correct = grader_result(result)
+        if correct is None:
+            shown = repr(result) if isinstance(result, (int, float, str)) else ""
+            shown = f" {shown[:40]}" if shown else ""
             return Verdict(
                 False, None, "error",
-                f"error: {self._name} returned {type(result).__name__}, expected bool",
+                f"error: {self._name} returned {type(result).__name__}{shown}, expected bool (or 0/1)",
             )
-        correct = bool(result)
         return Verdict(correct, extract_answer(completion), "ok", "match" if correct else "mismatch")
 
 

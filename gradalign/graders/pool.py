@@ -6,6 +6,9 @@ Owns:
     spawn, never fork) that run untrusted graders (math-verify, user Python
     functions) under a per-call timeout, replacing any worker that hangs or dies;
   * ``GradeItem`` (one completion to grade) and ``GraderStats`` (the pool's counters);
+  * the circuit breaker (``BREAKER_MIN_CALLS``, ``BREAKER_MAX_FAILURE_RATE``): a grader that fails
+    on most of its calls stops the caller with ``GraderBroken``, one line, instead of turning every
+    verdict into a failure (a grader that always hangs would cost calls x timeout / workers);
   * ``GraderPoolError``: a worker process could not be started.
 
 Does NOT own: spec strings (``spec``), what a grader computes (``grading``:
@@ -41,8 +44,22 @@ from gradalign.graders.spec import GraderSpecError, parse_grader_spec
 logger = logging.getLogger(__name__)
 
 
+# Circuit breaker. A "call" is an item actually graded (a cache miss); it fails with an error or
+# timeout verdict. The breaker judges two windows, each once it holds at least BREAKER_MIN_CALLS
+# calls: the pool's life (a run) and the current `grade_many` pass (one stage's batch), so a grader
+# that breaks mid-run trips too. It trips when more than BREAKER_MAX_FAILURE_RATE of a window's
+# calls failed. 32 calls keep a few unlucky rows from tripping it; at timeout_s 5 and 2 workers a
+# grader that always hangs is stopped after about 80 s.
+BREAKER_MIN_CALLS = 32
+BREAKER_MAX_FAILURE_RATE = 0.5
+
+
 class GraderPoolError(GradalignError, RuntimeError):
     """A grader worker process could not be started (not a per-item failure)."""
+
+
+class GraderBroken(GradalignError, RuntimeError):
+    """The grader failed (error or timeout verdicts) on most of its calls: the circuit breaker."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,9 @@ class GraderStats:
     """Counters of a ``GraderPool`` since it was created.
 
     ``hits`` counts items answered from the cache (including duplicates within
-    one batch); ``misses`` counts items that were actually graded.
+    one batch); ``misses`` counts items that were actually graded. ``timeouts`` and
+    ``errors`` count items answered with such a verdict, graded or from the cache, so
+    they are out of every call (hits + misses), as the rows of the run tables count them.
     """
 
     hits: int
@@ -97,7 +116,7 @@ def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str) -> None:
         logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
     try:
         grader = load_worker_grader(parse_grader_spec(spec_raw))
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit in a user module included; SIGINT is ignored here
         conn.send(("init_error", str(exc)))
         conn.close()
         return
@@ -112,7 +131,7 @@ def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str) -> None:
         task_id, completion, row = message
         try:
             verdict = grader(completion, row)
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # user code: sys.exit or any BaseException is the item's error, not the worker's end
             verdict = Verdict(False, None, "error", error_reason(exc))
         conn.send((task_id, verdict))
 
@@ -149,7 +168,9 @@ class GraderPool:
     per-call ``timeout_s``; a worker that exceeds it is terminated and replaced,
     and its item gets a "timeout" verdict. Workers start lazily and stop on
     ``close()`` / ``__exit__``. A grader that cannot be loaded in a worker raises
-    ``GraderSpecError`` from ``grade``/``grade_many``. Not thread-safe.
+    ``GraderSpecError`` from ``grade``/``grade_many``; one that fails on most calls raises
+    ``GraderBroken`` (see ``BREAKER_MIN_CALLS``; ``breaker_min_calls=0`` turns the breaker off).
+    Not thread-safe.
     """
 
     def __init__(
@@ -158,6 +179,7 @@ class GraderPool:
         timeout_s: float = 5.0,
         workers: int = 2,
         startup_timeout_s: float = 120.0,
+        breaker_min_calls: int = BREAKER_MIN_CALLS,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -176,6 +198,11 @@ class GraderPool:
         self._errors = 0
         self._restarts = 0
         self._closed = False
+        self.breaker_min_calls = int(breaker_min_calls)
+        self._life = [0, 0, 0]  # breaker windows: [graded calls, errors, timeouts] of the pool's life
+        self._pass = [0, 0, 0]  # ... and of the current grade_many pass
+        self._last_error = ""
+        self._timeouts_logged = False
 
     # -- public API ---------------------------------------------------------
 
@@ -197,6 +224,7 @@ class GraderPool:
         if self._closed:
             raise RuntimeError("GraderPool is closed")
         keys = [_cache_key(item.row_id, item.completion) for item in items]
+        self._pass = [0, 0, 0]
         todo: dict[tuple[str, bytes], GradeItem] = {}
         for key, item in zip(keys, items):
             if key in self._cache or key in todo:
@@ -210,7 +238,10 @@ class GraderPool:
                     self._store(key, self._grade_in_process(item))
             else:
                 self._dispatch(todo)
-        return [self._cache[key] for key in keys]
+        verdicts = [self._cache[key] for key in keys]
+        self._timeouts += sum(v.status == "timeout" for v in verdicts)
+        self._errors += sum(v.status == "error" for v in verdicts)
+        return verdicts
 
     def close(self) -> None:
         for slot, worker in enumerate(self._workers):
@@ -235,11 +266,27 @@ class GraderPool:
     # -- internals ----------------------------------------------------------
 
     def _store(self, key: tuple[str, bytes], verdict: Verdict) -> None:
-        if verdict.status == "timeout":
-            self._timeouts += 1
-        elif verdict.status == "error":
-            self._errors += 1
+        """Cache a freshly graded verdict and feed the circuit breaker (may raise GraderBroken)."""
         self._cache[key] = verdict
+        error, timeout = verdict.status == "error", verdict.status == "timeout"
+        if error:
+            self._last_error = verdict.reason
+        for window in (self._life, self._pass):
+            window[0] += 1
+            window[1] += error
+            window[2] += timeout
+        if self.breaker_min_calls > 0:
+            for calls, errors, timeouts in (self._life, self._pass):
+                if calls >= self.breaker_min_calls and errors + timeouts > BREAKER_MAX_FAILURE_RATE * calls:
+                    raise GraderBroken(self._broken_message(calls, errors, timeouts))
+
+    def _broken_message(self, calls: int, errors: int, timeouts: int) -> str:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in (("errors", errors), ("timeouts", timeouts)) if n)
+        if errors:
+            last = " ".join(self._last_error.removeprefix("error: ").split())
+            kinds += f"; last error: {last[:200]}"
+        fix = "fix the grader or raise task.grader_timeout_s" if timeouts else "fix the grader"
+        return f"grader {self.spec.raw} failed on {errors + timeouts} of {calls} calls ({kinds}): {fix}"
 
     def _grade_in_process(self, item: GradeItem) -> Verdict:
         try:
@@ -350,10 +397,14 @@ class GraderPool:
                     continue
                 if worker.task is not None and now >= worker.deadline:
                     _, key = worker.task
-                    logger.warning(
-                        "grader %s timed out after %.1fs (pid=%s); restarting worker",
+                    # Warn once; later ones are counted (stats, the run's faults) and logged at debug.
+                    logger.log(
+                        logging.DEBUG if self._timeouts_logged else logging.WARNING,
+                        "grader %s timed out after %.1fs (pid=%s); restarting worker%s",
                         self.spec.raw, self.timeout_s, worker.process.pid,
+                        "" if self._timeouts_logged else " (further timeouts: counted, logged at debug level)",
                     )
+                    self._timeouts_logged = True
                     self._store(key, Verdict(False, None, "timeout", f"timeout after {self.timeout_s}s"))
                     self._replace(slot, worker)
                     in_flight -= 1

@@ -83,10 +83,12 @@ def import_python_grader(spec: GraderSpec) -> Callable[[str, dict], Any]:
         sys.path.append(cwd)
     try:
         module = importlib.import_module(spec.module)
-    except Exception as exc:  # a user module may raise anything at import time
-        raise _spec_error(
-            spec.raw, f"cannot import module {spec.module!r} ({type(exc).__name__}: {exc})"
-        ) from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a user module may raise anything at import time, sys.exit included
+        why = (f"it called sys.exit({exc.code!r}) at import" if isinstance(exc, SystemExit)
+               else f"{type(exc).__name__}: {exc}")
+        raise _spec_error(spec.raw, f"cannot import module {spec.module!r} ({why})") from exc
     finally:
         if added:
             sys.path.remove(cwd)
