@@ -148,8 +148,9 @@ class TaskConfig:
         Rows skipped from the start of the file before `task.limit` applies (e.g. to diagnose a
         later slice); 0 = start at the first row.""")
     prompt: str = _doc("Q {question}\n", """
-        `str.format` template over the row's fields that makes the question text (the default needs
-        a `question` field). The student sees only this; each teacher sees its `context` followed by
+        Template over the row's fields that makes the question text: plain `{field}` placeholders
+        (`{{`/`}}` for literal braces; no format specs or attribute/index access), the default needs
+        a `question` field. The student sees only this; each teacher sees its `context` followed by
         this. A row lacking a field the template names is an error (checked for every selected row
         before any model loads), never an empty string. Non-empty.""")
     grader: str = _doc("exact", """
@@ -157,8 +158,11 @@ class TaskConfig:
         `####`, else the last `\\boxed{...}`, equals the reference answer as a string), `numeric`
         (same extraction, equal as numbers within 1e-6 relative or absolute), `math-verify`
         (symbolic equivalence; `pip install 'gradalign[math]'`) or `python:module:function` (your
-        `fn(completion, row) -> bool`). Verdicts are cached by (question id, completion). Every
-        success rate, and so the ideal gradient, is only as good as this check.""")
+        `fn(completion, row) -> bool`; 0/1 are accepted, any other result, an exception or
+        `sys.exit` is an `error` verdict, counted as incorrect). Verdicts are cached by (question id,
+        completion). A grader that errs or times out on more than half of its calls (judged from 32
+        calls on, over the run and over each stage's batch) stops the run with one line. Every success rate, and so the ideal
+        gradient, is only as good as this check.""")
     grader_timeout_s: float = _doc(5.0, """
         Seconds, > 0, one grading call may take in a worker process (`math-verify` and `python:`
         graders; `exact` and `numeric` run in-process, untimed). A call that runs over is killed,
@@ -348,8 +352,8 @@ class TeacherConfig:
         the student's tokenizer (vocabulary, ids, EOS); loaded on `student.device`, once per (model,
         gguf_file, dtype).""")
     context: str = _doc("Reference solution: {solution}\n", """
-        `str.format` template over the row's fields, prepended to the prompt for this teacher only
-        (the student never sees it); `""` = the plain prompt. A row lacking a field it names is an
+        Template over the row's fields (plain `{field}` placeholders, as `task.prompt`), prepended to
+        the prompt for this teacher only (the student never sees it); `""` = the plain prompt. A row lacking a field it names is an
         error, never an empty string; the default needs a `solution` field.""")
     dtype: str = _doc("", """
         `""` = the student's dtype; else `float32`, `bfloat16` or `float16`.""")
@@ -446,11 +450,14 @@ def parse_selector(text: str) -> SelectorSpec:
 def template_fields(template: str) -> tuple[str, ...]:
     """Row field names a str.format template needs, in first-use order, without duplicates.
 
-    ``"Q {question} {meta[src]:>{width}}"`` -> ``("question", "meta", "width")``.
-    Raises ValueError for bad braces, positional fields (``{}``, ``{0}``) or a bad conversion.
+    ``"Q {question} {answer!r}"`` -> ``("question", "answer")``. Only plain ``{field}`` (with an
+    optional ``!r``/``!s``/``!a`` conversion): raises ValueError for bad braces, positional fields
+    (``{}``, ``{0}``), a bad conversion, and format specs or attribute/index access
+    (``{question:d}``, ``{question.x}``, ``{question[0]}``), which depend on a row value's type and
+    would fail only when a row is rendered.
     """
     names: list[str] = []
-    _collect_fields(template, names, depth=0)
+    _collect_fields(template, names)
     return tuple(dict.fromkeys(names))
 
 
@@ -697,9 +704,7 @@ def _split_override_key(src: str, dotted: str) -> tuple[str, int | None, str]:
     return section, (int(index) if index is not None else None), m.group(4)
 
 
-def _collect_fields(template: str, names: list[str], depth: int) -> None:
-    if depth > 2:
-        raise ValueError("format spec nested too deeply")
+def _collect_fields(template: str, names: list[str]) -> None:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -715,9 +720,10 @@ def _collect_fields(template: str, names: list[str], depth: int) -> None:
             )
         if conversion not in (None, "r", "s", "a"):
             raise ValueError(f"bad conversion '!{conversion}' in '{{{field_name}}}'; use !r, !s or !a")
+        if spec or field_name != base:
+            shown = "{" + field_name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{shown!r}: format specs and attribute/index access are not supported; use plain {{{base}}}")
         names.append(base)
-        if spec and "{" in spec:
-            _collect_fields(spec, names, depth + 1)
 
 
 def _toml_value(value: object) -> str:
