@@ -3,9 +3,10 @@
 Owns: checking a validated `RunConfig` against the world outside it — the task file (readable,
 UTF-8, non-empty, unique ids, every template field present in every selected row), the grader spec
 (importable), the model references (folders exist, configs readable), tokenizer identity between
-the student and each teacher (tokenizers only, no weights), the context length
-(max_new_tokens + longest prompt must fit the student's max positions), and a budget large enough
-for at least one node. `gradalign validate` and `diagnose` both call `preflight`, so a typo fails in
+the student and each teacher (tokenizers only, no weights), the context length (every prompt
+must fit the student's max positions, and max_new_tokens after the longest), the device (CUDA
+present when `student.device` names it), and a budget large enough for at least one node.
+`gradalign validate` and `diagnose` both call `preflight`, so a typo fails in
 seconds, before a GPU-hour is spent, and nothing is written. Does not own field-level config checks
 (`config`) or loading weights (`models`).
 """
@@ -13,6 +14,8 @@ seconds, before a GPU-hour is spent, and nothing is written. Does not own field-
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,34 @@ def _max_positions(source: str, is_local: bool) -> int | None:
     return None
 
 
+def _check_device(device: str) -> None:
+    """`student.device` names a device this machine has (the check `models.pick_device` makes at load)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PreflightError(f"student.device: {device!r}, but CUDA is not available on this machine; "
+                             "use device = \"cpu\" (or \"auto\")")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise PreflightError(f"student.device: {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+@contextmanager
+def _quiet_length_warning():
+    """Silence transformers' "sequence length is longer than the specified maximum" warning while
+    prompts are measured: a prompt too long is reported below as one line naming the row."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightReport:
     """Run all pre-load checks; raises PreflightError / TaskError / ModelError / GraderSpecError."""
     from gradalign import models
@@ -70,6 +101,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
         templates=templates,
     )
     check_grader(cfg.task.grader)
+    _check_device(cfg.student.device)
     if cfg.sampling.backend == "vllm":
         import importlib.util
 
@@ -106,17 +138,28 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
         stok = models.load_tokenizer(sref)
         for name, tr in trefs.items():
             models.check_same_tokenizer(stok, models.load_tokenizer(tr), student_name=cfg.student.model, teacher_name=name)
-        for row in task.rows:
-            rid = task.row_id(row)
-            prompt = render(cfg.task.prompt, row, what="task.prompt", row_id=rid)
-            for t in cfg.teachers:
-                ctx = render(t.context, row, what=f"context of teacher {t.name!r}", row_id=rid)
-                longest = max(longest, len(encode_prefix(stok, ctx, prompt, chat=cfg.task.chat)))
+        where = ("", "")  # (row id, teacher whose context made the longest prompt; "" for no context)
+        with _quiet_length_warning():
+            for row in task.rows:
+                rid = task.row_id(row)
+                prompt = render(cfg.task.prompt, row, what="task.prompt", row_id=rid)
+                for t in cfg.teachers:
+                    ctx = render(t.context, row, what=f"context of teacher {t.name!r}", row_id=rid)
+                    n = len(encode_prefix(stok, ctx, prompt, chat=cfg.task.chat))
+                    if n > longest:
+                        longest, where = n, (rid, t.name if ctx else "")
         max_pos = _max_positions(sref.source, sref.is_local)
+        if max_pos is not None and longest >= max_pos:
+            rid, teacher = where
+            what = f"context of teacher {teacher!r} + prompt" if teacher else "prompt"
+            raise PreflightError(
+                f"task row {rid!r}: {what} is {longest:,} tokens, which leaves no room in the student's {max_pos:,} "
+                "positions; shorten it or drop the row"
+            )
         if max_pos is not None and longest + cfg.sampling.max_new_tokens > max_pos:
             raise PreflightError(
                 f"sampling.max_new_tokens: {cfg.sampling.max_new_tokens} new tokens after prompts of up to {longest} tokens "
-                f"exceed the student's {max_pos} positions; lower it to at most {max_pos - longest}"
+                f"(task row {where[0]!r}) exceed the student's {max_pos} positions; lower it to at most {max_pos - longest}"
             )
 
     b = cfg.branching
