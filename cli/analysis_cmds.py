@@ -143,16 +143,20 @@ def weights(
     import json
 
     from gradalign.analysis import parse_rule, token_weights
+    from gradalign.runfolder import check_writable
     from gradalign.tables import COLUMNS, load, write_table
 
     rules = [parse_rule(r) for r in rule]
+    path = out or run_dir / f"weights-{config}.parquet"
+    check_writable(path, kind="file")  # before reading the run
     t = load(run_dir)
     w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
                       h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
-    path = out or run_dir / f"weights-{config}.parquet"
     params = w.attrs.get("gradalign_weights", {})
-    write_table("weights", {c: w[c].tolist() for c, _, _ in COLUMNS["weights"]}, path,
-                {"weights": json.dumps(params)})
+    try:
+        write_table("weights", {c: w[c].tolist() for c, _, _ in COLUMNS["weights"]}, path, {"weights": json.dumps(params)})
+    except OSError as e:  # the writer removes its temp file; a full disk or a folder made read-only since the check
+        raise GradalignError(f"{path}: cannot write ({e.strerror or e}); free space or choose another --out") from None
     kept = float(w["weight"].mean()) if len(w) else 0.0
     typer.echo(f"wrote {path}: {len(w)} tokens of config {config!r}, rules {', '.join(map(str, rules))}; "
                f"{100 * kept:.1f}% keep weight 1, {100 * (1 - kept):.1f}% get 0")

@@ -104,15 +104,19 @@ def _render_summary(run) -> None:
     console.print(table)
 
 
-def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bool, shard_size: int) -> None:
-    import logging
-
+def _load_config(config_path: Path, overrides: list[str]):
     from gradalign.config import apply_overrides, load_config, parse_overrides
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(config_path)
-    if overrides:
-        cfg = apply_overrides(cfg, parse_overrides(overrides))
+    return apply_overrides(cfg, parse_overrides(overrides)) if overrides else cfg
+
+
+def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int) -> None:
+    import json
+    import logging
+    import shlex
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from gradalign.engine import diagnose
 
     bar, cb = _progress_runner()
@@ -124,7 +128,8 @@ def _run_diagnose(config_path: Path, out: Path, overrides: list[str], resume: bo
         typer.echo("recorded per row, not fatal: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items() if v))
     t = run.manifest.timings_s
     typer.echo(f"wrote {out}/{{rollouts,tokens,nodes,alignment}}.parquet and manifest.json in {t['total']:.1f}s")
-    typer.echo(f"next: gradalign report {out} --out reports/addition/  |  python -c \"import gradalign; t = gradalign.load('{out}'); print(t.alignment.head())\"")
+    code = f"import gradalign; t = gradalign.load({json.dumps(str(out))}); print(t.alignment.head())"
+    typer.echo(f"next: gradalign report {shlex.quote(str(out))} --out reports/addition/  |  python -c {shlex.quote(code)}")
 
 
 @app.command("diagnose")
@@ -139,26 +144,25 @@ def diagnose_cmd(
 
     Example: gradalign diagnose data/configs/demo.toml --out runs/demo --set task.limit=20
     """
-    _run_diagnose(config, out, set_, resume, shard_size)
+    _run_diagnose(_load_config(config, set_), out, resume, shard_size)
 
 
 @app.command("demo")
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="output folder (replaced if it holds a previous demo)"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="output folder (replaced if it holds a previous demo run and nothing else)"),
     backend: str = typer.Option("hf", "--backend", help="rollout backend: hf | vllm (needs vLLM; runs eager: the models are tiny)"),
 ) -> None:
     """Run the bundled demo config on the embedded world (under a minute on 2 CPU cores).
 
     Example: gradalign demo --out runs/demo --backend hf
     """
-    import shutil
-
+    from gradalign.runfolder import clear_previous_demo
     from gradalign.tasks import data_dir
 
-    if out.exists() and (out / "shards" / "run.json").exists():
-        shutil.rmtree(out)
     sets = [f"sampling.backend={backend}"] + (["sampling.vllm_eager=true"] if backend == "vllm" else [])
-    _run_diagnose(data_dir() / "configs" / "demo.toml", out, sets, False, 8)
+    cfg = _load_config(data_dir() / "configs" / "demo.toml", sets)
+    clear_previous_demo(out)  # only a previous demo run, holding nothing but the tool's files
+    _run_diagnose(cfg, out, False, 8)
 
 
 @app.command("validate")
