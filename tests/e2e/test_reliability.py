@@ -1,16 +1,20 @@
-"""Crash safety and determinism: a run killed with SIGKILL resumes to the same tables as a clean run,
-and the same config and seed give bit-identical tables. Runs once per rollout backend."""
+"""Crash safety and determinism: a run killed with SIGKILL resumes to the same tables as a clean run
+(its lock on the folder dies with it), a second writer into a folder in use is refused, and the same
+config and seed give bit-identical tables. Runs once per rollout backend."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pandas as pd
 import pytest
+from gradalign.cli.app import app
+from typer.testing import CliRunner
 
 from gradalign.tables import TABLES, RunIncomplete, load
 from gradalign.tasks import data_dir
@@ -18,10 +22,13 @@ from gradalign.tasks import data_dir
 SMALL = ["--set", "task.limit=3", "--set", "sampling.rollouts_per_question=2", "--set", "branching.continuations=4"]
 
 
+def _args(out, backend, *extra):
+    return ["diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out), "--shard-size", "1", *SMALL,
+            "--set", f"sampling.backend={backend}", "--set", f"sampling.vllm_eager={str(backend == 'vllm').lower()}", *extra]
+
+
 def _diagnose(out, backend, *extra, wait=True):
-    cmd = [sys.executable, "-m", "gradalign", "diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out),
-           "--shard-size", "1", *SMALL, "--set", f"sampling.backend={backend}",
-           "--set", f"sampling.vllm_eager={str(backend == 'vllm').lower()}", *extra]
+    cmd = [sys.executable, "-m", "gradalign", *_args(out, backend, *extra)]
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -55,6 +62,9 @@ def test_killed_run_resumes_to_the_same_tables(clean_run, tmp_path, backend):
     while time.time() < deadline and not (out / "shards" / "00000" / "shard.json").exists():
         time.sleep(0.2)
     assert (out / "shards" / "00000" / "shard.json").exists(), "first shard never finished"
+    second = CliRunner().invoke(app, _args(out, backend, "--resume"))  # one writer per folder
+    assert second.exit_code == 2, (second.output, second.exception)
+    assert f"pid {proc.pid} on {socket.gethostname()}" in second.stderr and len(second.stderr.splitlines()) == 1
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
