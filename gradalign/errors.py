@@ -5,8 +5,9 @@ spec, run folder or analysis request). Its message is one line that names the fi
 what to do; the CLI maps any `GradalignError` to that line on stderr and exit code 2, in one place
 (`gradalign.cli.app`). Does not own the subclasses: each lives with the concept it guards
 (`config.ConfigError`, `tasks.TaskError`, `models.ModelError`, `preflight.PreflightError`,
-`graders.GraderSpecError`, `graders.GraderPoolError`, `tables.RunIncomplete`,
-`tables.RunFolderError`, `analysis.AnalysisError`).
+`graders.GraderSpecError`, `graders.GraderPoolError`, `graders.GraderBroken`, `tables.RunIncomplete`,
+`tables.RunFolderError`, `runfolder.ShardSizeError`, `runfolder.OutputError`, `runfolder.RunLocked`,
+`analysis.AnalysisError`).
 
 Anything else that escapes the library is a bug, and the CLI lets its traceback through.
 """

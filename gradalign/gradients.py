@@ -44,7 +44,6 @@ import torch.nn.functional as F
 
 from gradalign.config import LOSSES  # the loss names a config may list; this module implements each
 
-
 # --------------------------------------------------------------------------- helpers (private)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from gradalign.errors import GradalignError
-from gradalign.tables import TABLES, RunFolderError, write_json, write_table
+from gradalign.tables import SCHEMA_VERSION, TABLES, RunFolderError, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,13 @@ def _unreadable(d: Path, info: dict) -> str | None:
     for name in TABLES:
         p = d / f"{name}.parquet"
         try:
-            rows = pq.read_metadata(p).num_rows
+            meta = pq.read_metadata(p)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a missing, empty or truncated file
             return f"{p.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        rows = meta.num_rows
+        version = (meta.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
+        if version != SCHEMA_VERSION:  # written by another gradalign: its columns may differ
+            return f"{p.name}: schema version {version}, this gradalign writes {SCHEMA_VERSION}"
         expected = (info.get("rows") or {}).get(name)
         if expected is not None and rows != expected:
             return f"{p.name}: {rows} rows, shard.json recorded {expected}"

@@ -6,7 +6,7 @@ type and description as field metadata) ARE the table columns; the typed `Manife
 writer (`write_table`: temp file + rename, schema version and table name in the Parquet metadata)
 that rejects missing and unknown columns; `write_json`; `concat_tables`; and `load(dir)`, which
 every reader (reports, notebooks, the CLI) goes through. Does not own computing the rows (the
-pipeline stages build them) nor the run-folder layout of shards (`engine`).
+pipeline stages build them) nor the run-folder layout of shards (`runfolder`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from gradalign.config import LOSSES
 from gradalign.errors import GradalignError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: nodes.grader_errors / nodes.grader_timeouts
 TABLES = ("rollouts", "tokens", "nodes", "alignment")  # the run tables; "weights" is written by `gradalign weights`
 
 
@@ -84,6 +84,8 @@ class NodeRow:
     n: int = _col("int32", "graded continuations")
     successes: int = _col("int32", "")
     truncated: int = _col("int32", "continuations cut by max_new_tokens (counted as failures)")
+    grader_errors: int = _col("int32", "continuations whose grader raised or failed (counted as failures)")
+    grader_timeouts: int = _col("int32", "continuations whose grader timed out (counted as failures)")
     ci_low: float = _col("float64", "Wilson 95% interval")
     ci_high: float = _col("float64", "")
     selector: str = _col("string", "why the node was chosen")
@@ -108,7 +110,8 @@ class AlignmentRow:
     norm_distill: float = _col("float64", "||d||")
     teacher_advantage: float = _col("float64", "sum q S - sum p S")
     value: float = _col("float64", "V = sum p S at the node")
-    reason: str = _col("string", "why a cosine is NaN ('' when all are defined)")
+    reason: str = _col("string", "why a cosine is NaN, and grader faults at the node (e.g. 'grader_errors:3/16'); "
+                                 "'' when all are defined and every continuation was graded")
 
 
 @dataclass(frozen=True)
@@ -170,8 +173,8 @@ class Manifest:
     shards: dict  # {"total", "resumed", "size"}
     selection: list  # per rollout: nodes chosen, nodes dropped by the budget, tokens/continuations spent
     teacher_prefix_hashes: dict  # "question|config" -> hash of the teacher's token prefix
-    grader: dict  # {"spec", calls, errors, timeouts, ...} (graders' pool statistics)
-    faults: dict  # runtime faults recorded per row (never a crash), by kind
+    grader: dict  # {"spec", hits, misses, errors, timeouts, ...} (`graders.GraderStats` of this process)
+    faults: dict  # runtime faults recorded per row (never a crash), by kind; grader_* over every graded call
     timings_s: dict  # seconds per stage, summed over shards, plus load and total
     columns: dict  # table name -> column names
 
@@ -335,11 +338,12 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False) -> Table
     for name in TABLES:
         p = d / f"{name}.parquet"
         if not p.exists():
-            raise RunIncomplete(f"{p}: missing table")
+            raise RunIncomplete(f"{p}: missing table; rerun `gradalign diagnose ... --resume` to rewrite it")
         try:
             t = pq.read_table(p)
         except (pa.ArrowInvalid, OSError) as e:
-            raise RunIncomplete(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+            raise RunIncomplete(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]}); "
+                                "rerun `gradalign diagnose ... --resume` to rewrite it") from None
         version = (t.schema.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
         if version != SCHEMA_VERSION:
             raise RunIncomplete(f"{p}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")

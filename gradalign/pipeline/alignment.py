@@ -6,7 +6,11 @@ every other token), V = sum p S, the ideal gradient g* = p (S - V), and for ever
 the distillation descent direction d, cos(g*, d) over the full vocabulary and over K, the
 split-half debiased cosine, norms, the teacher advantage and the reason a cosine is undefined
 (`tables.AlignmentRow`s). A non-finite student or teacher distribution is a row with a reason,
-never a crash. Does not own the formulas (`gradalign.gradients`, `gradalign.estimates`).
+never a crash. Continuations whose grader erred or timed out count as failures; the node's rows
+count them (`grader_errors`, `grader_timeouts`) and its alignment rows name them in `reason`
+(`grader_errors:3/16`), and a zero ideal gradient because no continuation was graded says
+`all_continuations_failed_grading`, not `zero_ideal`. Does not own the formulas
+(`gradalign.gradients`, `gradalign.estimates`).
 
 Shapes: V vocabulary, K candidates; p, q, S, g*, d are [V] float64.
 """
@@ -52,21 +56,35 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         V = p.numel()
         ids = torch.tensor([c.token_id for c in br.candidates])
 
-        def node_row(cid: int, text: str, source: str, source_config: str, prob: float, e) -> NodeRow:
+        def node_row(cid: int, text: str, source: str, source_config: str, prob: float, e, faults) -> NodeRow:
             return NodeRow(
                 question_id=r.question_id, rollout_id=r.rollout_id, position=t, candidate_id=cid, candidate_text=text,
                 source=source, source_config=source_config, student_prob=prob, success=e.rate, n=e.n,
-                successes=e.successes, truncated=e.truncated, ci_low=e.ci.low, ci_high=e.ci.high, selector=br.reason,
+                successes=e.successes, truncated=e.truncated, grader_errors=faults[0], grader_timeouts=faults[1],
+                ci_low=e.ci.low, ci_high=e.ci.high, selector=br.reason,
             )
 
         slots = [outcomes.estimate(bi, k) for k in range(len(br.candidates))]
-        for c, s in zip(br.candidates, slots):
-            node_rows.append(node_row(c.token_id, tok.decode([c.token_id]), c.source, c.source_config, float(p[c.token_id]), s.estimate))
+        faults = [outcomes.grader_faults(bi, k) for k in range(len(br.candidates))]
+        for c, s, f in zip(br.candidates, slots, faults):
+            node_rows.append(node_row(c.token_id, tok.decode([c.token_id]), c.source, c.source_config, float(p[c.token_id]),
+                                      s.estimate, f))
+        n_cont = sum(s.estimate.n for s in slots)
         rest = rest_a = rest_b = None
         if br.residual_tokens:
-            s = outcomes.estimate(bi, RESIDUAL)
+            s, f = outcomes.estimate(bi, RESIDUAL), outcomes.grader_faults(bi, RESIDUAL)
             rest, rest_a, rest_b = s.estimate.rate, s.halves.a.rate, s.halves.b.rate
-            node_rows.append(node_row(-1, "", "residual", "", br.residual_mass, s.estimate))
+            node_rows.append(node_row(-1, "", "residual", "", br.residual_mass, s.estimate, f))
+            faults.append(f)
+            n_cont += s.estimate.n
+        n_err, n_timeout = sum(f[0] for f in faults), sum(f[1] for f in faults)
+        grading = [f"{kind}:{k}/{n_cont}" for kind, k in (("grader_errors", n_err), ("grader_timeouts", n_timeout)) if k]
+        ungraded = n_cont > 0 and n_err + n_timeout == n_cont  # S = 0 everywhere because nothing was graded
+
+        def why(c: G.Cosine, prefix: str = "") -> str:
+            if ungraded and c.reason in ("zero_ideal", "ideal_below_noise"):
+                return "all_continuations_failed_grading"
+            return c.reason and prefix + c.reason
         rates = torch.tensor([s.estimate.rate for s in slots], dtype=torch.float64)
         S = full_vocab_success(V, ids, rates, rest)
         g = G.ideal_gradient(p, S)
@@ -94,8 +112,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                     c_full = G.cosine(g, dvec)
                     c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
                     c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
-                reasons = [x for x in (c_full.reason, c_cand.reason and f"candidates:{c_cand.reason}",
-                                       c_deb.reason and f"debiased:{c_deb.reason}") if x]
+                reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), why(c_deb, "debiased:"), *grading) if x]
                 align_rows.append(AlignmentRow(
                     question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
                     token_text=tok.decode([y]), correct=r.correct, config=teacher.name, loss=loss,

@@ -53,8 +53,9 @@ class SlotEstimate:
 
 @dataclass(frozen=True)
 class BranchOutcomes:
-    """Graded continuations of every branch: (branch index, slot) -> [(success, truncated)] in
-    continuation order, and how many continuations were sampled."""
+    """Graded continuations of every branch: (branch index, slot) -> [(success, truncated, grader
+    status)] in continuation order, and how many continuations were sampled. A continuation whose
+    grader erred or timed out counts as a failure in the estimate and is counted by `grader_faults`."""
 
     outcomes: dict
     continuations: int
@@ -63,6 +64,11 @@ class BranchOutcomes:
         outs = self.outcomes[(branch, slot)]
         ok, tr = [o[0] for o in outs], [o[1] for o in outs]
         return SlotEstimate(SuccessEstimate.from_outcomes(ok, tr), split_halves(ok, tr))
+
+    def grader_faults(self, branch: int, slot: int) -> tuple[int, int]:
+        """(errors, timeouts): the slot's continuations whose grader status was "error" / "timeout"."""
+        statuses = [o[2] for o in self.outcomes[(branch, slot)]]
+        return statuses.count("error"), statuses.count("timeout")
 
 
 def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan],
@@ -95,7 +101,7 @@ def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[S
 
 def _draw(res: Resources, branches: Sequence[Branch], want: dict, outcomes: dict) -> int:
     """Continue each (branch, slot) from y_<t + its first token for the given continuation
-    indices, in one `continue_and_grade` call; append (success, truncated) to `outcomes`.
+    indices, in one `continue_and_grade` call; append (success, truncated, status) to `outcomes`.
     Returns the continuations sampled (a first token that is EOS needs none)."""
     seed, eos = res.cfg.run.seed, res.tokenizer.eos_token_id
     keys, items = [], []
@@ -106,7 +112,7 @@ def _draw(res: Resources, branches: Sequence[Branch], want: dict, outcomes: dict
             items.append(Continuation(r.row, r.prompt_ids, r.token_ids[:t] + (first,),
                                       stable_seed(seed, "branch", r.question_id, r.rollout_id, t, slot < 0, first, m)))
     for key, o in zip(keys, continue_and_grade(res, items)):
-        outcomes.setdefault(key, []).append((o.success, o.truncated))
+        outcomes.setdefault(key, []).append((o.success, o.truncated, o.status))
     return sum(1 for it in items if it.head[-1] != eos)
 
 
@@ -119,7 +125,7 @@ def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
             want[(bi, k)] = [(c.token_id, m) for m in range(b.continuations)]
         if br.residual_tokens:
             want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens)]
-    outcomes: dict[tuple[int, int], list[tuple[bool, bool]]] = {}
+    outcomes: dict[tuple[int, int], list[tuple[bool, bool, str]]] = {}
     total = _draw(res, branches, want, outcomes)
     rounds = 0
     while b.adaptive_target_width > 0 and rounds < MAX_ADAPTIVE_ROUNDS:

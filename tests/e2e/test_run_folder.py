@@ -173,6 +173,20 @@ def test_resume_recomputes_corrupt_shards(finished, tmp_path, caplog):
     _same_tables(out, finished[0])
 
 
+def test_resume_recomputes_a_shard_of_another_schema_version(finished, tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    out = _copy(finished, tmp_path / "older")
+    nodes = out / "shards" / "00001" / "nodes.parquet"
+    t = pq.read_table(nodes)
+    old = t.drop(["grader_errors", "grader_timeouts"])  # what schema 1 wrote
+    pq.write_table(old.replace_schema_metadata({**t.schema.metadata, b"gradalign.schema_version": b"1"}), nodes)
+    r = _diagnose(out, "--resume", "--shard-size", "1")
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "schema version 1" in caplog.text, caplog.text
+    _same_tables(out, finished[0])
+
+
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 

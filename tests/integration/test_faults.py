@@ -33,7 +33,26 @@ def test_grader_errors_are_rows_not_crashes(faulty_run):
     assert (r.status == "error").any() and (r.status == "ok").any()
     assert r[r.status == "error"].reason.str.contains("grader bug").all()
     assert not r[r.status == "error"].correct.any()
-    assert faulty_run.manifest["faults"]["grader_errors"] == int((r.status == "error").sum())
+
+
+def test_grader_faults_agree_with_the_grader_stats(faulty_run):
+    # Counted over every graded call (rollouts and branches; selector "every" asks no value
+    # queries), as the pool counts them; the tables hold the same calls per row.
+    t, m = faulty_run.tables(), faulty_run.manifest
+    per_row = int((t.rollouts.status == "error").sum() + t.nodes.grader_errors.sum())
+    assert m["faults"]["grader_errors"] == m["grader"]["errors"] == per_row > 0
+    assert m["faults"]["grader_timeouts"] == m["grader"]["timeouts"] == int(t.nodes.grader_timeouts.sum()) == 0
+
+
+def test_grader_errors_at_a_node_are_named_in_its_alignment_rows(faulty_run):
+    t = faulty_run.tables()
+    keys = ["question_id", "rollout_id", "position"]
+    errs = t.nodes.groupby(keys, as_index=False).agg(err=("grader_errors", "sum"), n=("n", "sum"))
+    a = t.alignment.merge(errs, on=keys, how="left", validate="many_to_one")
+    assert (a.err > 0).any()
+    for row in a.itertuples():
+        tag = f"grader_errors:{row.err}/{row.n}"
+        assert (tag in row.reason.split(";")) == (row.err > 0), (tag, row.reason)
 
 
 def test_nonfinite_teacher_logits_give_nan_with_reason(faulty_run):
