@@ -179,8 +179,9 @@ class TaskConfig:
         the samples.""")
     answer_field: str = _doc("answer", """
         Row field holding the reference answer; every row must have it (checked when the task
-        loads). The built-in graders read the row's `answer` key whatever this says, so rows graded
-        by them need an `answer` field; a `python:` grader gets the whole row.""")
+        loads). The built-in graders (`exact`, `numeric`, `math-verify`) compare the completion with
+        this field, never with another column; a `python:` grader gets the whole row and should
+        read this field itself if it needs the reference answer.""")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ Owns:
     (``load_worker_grader``); they have no timeout of their own and are meant to
     run inside a ``pool`` worker process, whose per-call timeout guards them.
 
+The built-in graders (``exact``, ``numeric``, ``math-verify``) compare against the row's
+``answer_field`` (the config's ``task.answer_field``, default "answer"); a ``python:`` grader gets
+the whole row and reads whichever field it needs.
+
 Does NOT own: parsing or validating spec strings (``spec``), worker processes,
 timeouts, verdict caching or statistics (``pool``), loading rows, or aggregating
 verdicts into success rates.
@@ -132,18 +136,19 @@ def numbers_close(a: Fraction, b: Fraction, tol: float = NUMERIC_TOLERANCE) -> b
 # Built-in comparisons (run in the caller's process)
 
 
-def _gold_answer(row: dict) -> str:
-    if "answer" not in row:
-        raise KeyError("row has no 'answer' field")
-    gold = str(row["answer"])
+def _gold_answer(row: dict, answer_field: str = "answer") -> str:
+    """The reference answer ``row[answer_field]``, as stripped text (a GSM8K solution: its final answer)."""
+    if answer_field not in row:
+        raise KeyError(f"row has no {answer_field!r} field (task.answer_field)")
+    gold = str(row[answer_field])
     # A raw GSM8K solution as gold: compare against its final answer.
     if "####" in gold:
         gold = extract_answer(gold) or ""
     return gold.strip()
 
 
-def _grade_exact(completion: str, row: dict) -> Verdict:
-    gold = _gold_answer(row)
+def _grade_exact(completion: str, row: dict, answer_field: str = "answer") -> Verdict:
+    gold = _gold_answer(row, answer_field)
     extracted = extract_answer(completion)
     if extracted is None:
         return Verdict(False, None, "ok", "no_answer")
@@ -151,8 +156,8 @@ def _grade_exact(completion: str, row: dict) -> Verdict:
     return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
-def _grade_numeric(completion: str, row: dict) -> Verdict:
-    gold_text = _gold_answer(row)
+def _grade_numeric(completion: str, row: dict, answer_field: str = "answer") -> Verdict:
+    gold_text = _gold_answer(row, answer_field)
     gold = parse_number(gold_text)
     if gold is None:
         return Verdict(False, None, "error", f"error: gold answer {gold_text!r} is not a number")
@@ -166,7 +171,8 @@ def _grade_numeric(completion: str, row: dict) -> Verdict:
     return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
-IN_PROCESS_GRADERS: dict[str, Callable[[str, dict], Verdict]] = {
+# (completion, row, answer_field) -> Verdict
+IN_PROCESS_GRADERS: dict[str, Callable[[str, dict, str], Verdict]] = {
     "exact": _grade_exact,
     "numeric": _grade_numeric,
 }
@@ -185,8 +191,9 @@ def error_reason(exc: BaseException) -> str:
 class _MathVerifyGrader:
     """math-verify with its signal.alarm timeouts disabled (the pool's process timeout guards)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_field: str = "answer") -> None:
         self._parse, self._verify = import_math_verify()
+        self._answer_field = answer_field
         self._gold_cache: dict[str, list] = {}
 
     def _parse_gold(self, gold: str) -> list:
@@ -203,7 +210,7 @@ class _MathVerifyGrader:
         return self._gold_cache[gold]
 
     def __call__(self, completion: str, row: dict) -> Verdict:
-        gold_text = _gold_answer(row)
+        gold_text = _gold_answer(row, self._answer_field)
         gold = self._parse_gold(gold_text)
         if not gold:
             return Verdict(False, None, "error", f"error: cannot parse gold answer {gold_text!r}")
@@ -244,6 +251,7 @@ class _PythonGrader:
         return Verdict(correct, extract_answer(completion), "ok", "match" if correct else "mismatch")
 
 
-def load_worker_grader(spec: GraderSpec) -> Callable[[str, dict], Verdict]:
-    """The callable for a ``math-verify`` or ``python:`` spec; raises ``GraderSpecError`` if it cannot load."""
-    return _MathVerifyGrader() if spec.kind == "math-verify" else _PythonGrader(spec)
+def load_worker_grader(spec: GraderSpec, answer_field: str = "answer") -> Callable[[str, dict], Verdict]:
+    """The callable for a ``math-verify`` or ``python:`` spec; raises ``GraderSpecError`` if it cannot load.
+    ``math-verify`` compares against ``row[answer_field]``; a ``python:`` grader gets the whole row."""
+    return _MathVerifyGrader(answer_field) if spec.kind == "math-verify" else _PythonGrader(spec)

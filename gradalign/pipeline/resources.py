@@ -80,5 +80,5 @@ def load_resources(cfg: RunConfig) -> Resources:
         cfg.sampling.backend, student=student, params=sampling_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
         memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager,
     )
-    grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s)
+    grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field)
     return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes)
