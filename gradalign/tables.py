@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from gradalign.config import LOSSES
 from gradalign.errors import GradalignError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "2"  # 2: nodes.grader_errors / nodes.grader_timeouts
 TABLES = ("rollouts", "tokens", "nodes", "alignment")  # the run tables; "weights" is written by `gradalign weights`
@@ -149,11 +152,12 @@ class SchemaMismatch(ValueError):
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(Mapping):
     """manifest.json, written last: its presence marks a complete run.
 
-    Read access by key (`m["faults"]`, `m.get("config")`) is kept for code written against the
-    earlier plain-dict manifest; new code reads attributes.
+    Also a read-only `Mapping` of its fields (`m["faults"]`, `m.get("config")`, `dict(m)`), for
+    code written against the earlier plain-dict manifest; new code reads attributes, and
+    `to_dict()` gives the JSON-ready dict.
     """
 
     schema_version: str  # SCHEMA_VERSION of the tables
@@ -183,12 +187,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "manifest") -> Manifest:
+        """Read a manifest dict: every field must be there; keys this version does not know
+        (added by a user or a newer gradalign of the same schema) are left out, with a log line."""
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in d]
+        if missing:
+            raise RunIncomplete(f"{source}: not a complete gradalign manifest (missing {', '.join(missing)}); "
+                                "rerun `gradalign diagnose ... --resume` to rewrite it")
         unknown = [k for k in d if k not in names]
-        if missing or unknown:
-            raise RunIncomplete(f"{source}: not a gradalign {SCHEMA_VERSION} manifest "
-                                f"(missing {missing or 'none'}, unknown {unknown or 'none'})")
+        if unknown:
+            log.info("%s: keys this gradalign does not read: %s", source, ", ".join(map(str, unknown)))
         return cls(**{n: d[n] for n in names})
 
     def __getitem__(self, key: str) -> Any:
@@ -196,14 +204,11 @@ class Manifest:
             raise KeyError(key)
         return getattr(self, key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self.__dataclass_fields__ else default
-
-    def keys(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[str]:
         return iter(self.__dataclass_fields__)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.__dataclass_fields__
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
 
 
 @dataclass(frozen=True)

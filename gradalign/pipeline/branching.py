@@ -99,11 +99,11 @@ def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[S
     return out
 
 
-def _draw(res: Resources, branches: Sequence[Branch], want: dict, outcomes: dict) -> int:
+def _draw(res: Resources, branches: Sequence[Branch], want: dict) -> tuple[dict, int]:
     """Continue each (branch, slot) from y_<t + its first token for the given continuation
-    indices, in one `continue_and_grade` call; append (success, truncated, status) to `outcomes`.
-    Returns the continuations sampled (a first token that is EOS needs none)."""
-    seed, eos = res.cfg.run.seed, res.tokenizer.eos_token_id
+    indices, in one `continue_and_grade` call. Returns ({(branch, slot): [(success, truncated,
+    status)]} in continuation order, continuations sampled (a first token that is EOS needs none))."""
+    seed = res.cfg.run.seed
     keys, items = [], []
     for (bi, slot), firsts in want.items():
         r, t = branches[bi].rollout, branches[bi].position
@@ -111,9 +111,12 @@ def _draw(res: Resources, branches: Sequence[Branch], want: dict, outcomes: dict
             keys.append((bi, slot))
             items.append(Continuation(r.row, r.prompt_ids, r.token_ids[:t] + (first,),
                                       stable_seed(seed, "branch", r.question_id, r.rollout_id, t, slot < 0, first, m)))
+    drawn: dict[tuple[int, int], list[tuple[bool, bool, str]]] = {}
+    sampled = 0
     for key, o in zip(keys, continue_and_grade(res, items)):
-        outcomes.setdefault(key, []).append((o.success, o.truncated, o.status))
-    return sum(1 for it in items if it.head[-1] != eos)
+        drawn.setdefault(key, []).append((o.success, o.truncated, o.status))
+        sampled += o.sampled
+    return drawn, sampled
 
 
 def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
@@ -125,8 +128,7 @@ def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
             want[(bi, k)] = [(c.token_id, m) for m in range(b.continuations)]
         if br.residual_tokens:
             want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens)]
-    outcomes: dict[tuple[int, int], list[tuple[bool, bool, str]]] = {}
-    total = _draw(res, branches, want, outcomes)
+    outcomes, total = _draw(res, branches, want)
     rounds = 0
     while b.adaptive_target_width > 0 and rounds < MAX_ADAPTIVE_ROUNDS:
         rounds += 1
@@ -141,5 +143,8 @@ def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
                 want[(bi, k)] = [(tokid, m) for m in range(len(outs), len(outs) + extra)]
         if not want:
             break
-        total += _draw(res, branches, want, outcomes)
+        more, n = _draw(res, branches, want)
+        for key, outs in more.items():
+            outcomes[key] = outcomes[key] + outs
+        total += n
     return BranchOutcomes(outcomes, total)

@@ -38,6 +38,7 @@ class Outcome:
     success: bool  # the grader's verdict, and not truncated
     truncated: bool  # cut by max_new_tokens without EOS
     completion: Completion  # the sampled tokens after the head (empty when the head ended in EOS)
+    sampled: bool  # the sampler ran (False: the head already ended in EOS)
     text: str  # decoded head + completion: what the grader saw
     extracted: str | None  # answer the grader extracted
     status: str  # grader status: ok | timeout | error
@@ -63,9 +64,9 @@ def continue_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Ou
     row_id = res.task.row_id
     verdicts = res.grader.grade_many([GradeItem(row_id(c.row), t, c.row) for c, t in zip(items, texts)])
     return [
-        Outcome(bool(v.correct) and not comp.truncated, comp.truncated, comp, t, v.extracted, v.status,
+        Outcome(bool(v.correct) and not comp.truncated, comp.truncated, comp, i not in finished, t, v.extracted, v.status,
                 "; ".join(x for x in ("truncated" if comp.truncated else "", v.reason) if x))
-        for comp, t, v in zip(comps, texts, verdicts)
+        for i, (comp, t, v) in enumerate(zip(comps, texts, verdicts))
     ]
 
 

@@ -82,13 +82,13 @@ def test_truncated_continuation_is_a_failure_even_when_the_grader_says_correct()
 def test_head_ending_in_eos_is_graded_without_sampling():
     res = _resources(_Sampler(truncate=True))
     out = continue_and_grade(res, [Continuation({"id": "q0"}, (1,), (5, EOS), seed=3)])
-    assert res.sampler.calls is None  # nothing sampled
+    assert res.sampler.calls is None and not out[0].sampled  # nothing sampled
     assert out[0].success and not out[0].truncated and out[0].text == "5"
 
 
 def _rollout(correct: bool, n_tokens: int = 5) -> Rollout:
     comp = Completion((5,) * n_tokens, truncated=False, ended_with_eos=True)
-    return Rollout("q0", 0, {"id": "q0"}, "p", (1,), Outcome(correct, False, comp, "", None, "ok", ""))
+    return Rollout("q0", 0, {"id": "q0"}, "p", (1,), Outcome(correct, False, comp, True, "", None, "ok", ""))
 
 
 def test_refine_value_queries_count_truncated_continuations_as_failures():
