@@ -59,6 +59,9 @@ def report(
     """
     _check_dirs(run_dirs)
     from gradalign.report import ReportOptions, write_reports
+    from gradalign.runfolder import check_writable
+
+    check_writable(out)  # before any statistic is computed
 
     opts = ReportOptions(metric=metric, loss=loss, n_boot=n_boot, seed=seed, position_bins=bins, decisive_top=decisive_top,
                          heatmap_rollouts=heatmap_rollouts, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile,

@@ -10,8 +10,8 @@ lives once, beside the field, as ``metadata["doc"]`` (`_doc`), and `explain_conf
 
 Does NOT own anything that needs files or models: whether a task file or bundled task exists,
 whether a model path / HF id / GGUF file resolves, whether a `python:module:function` grader
-imports, or whether a task's rows carry the fields a template needs (the engine checks rows with
-`template_fields`). Validation here is shape, type and range only.
+imports, or whether a task's rows carry the fields a template needs (`tasks` checks rows with
+`template_fields`, run by preflight). Validation here is shape, type and range only.
 
 Every validation failure is a `ConfigError` whose message is one line,
 ``"{source}: {field}: {problem}; {fix}"``, e.g.

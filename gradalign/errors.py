@@ -3,7 +3,7 @@
 Owns: the base class every user-facing error derives from (a bad config, task, model, grader
 spec, run folder or analysis request). Its message is one line that names the field or file and
 what to do; the CLI maps any `GradalignError` to that line on stderr and exit code 2, in one place
-(`gradalign.cli.app`). Does not own the subclasses: each lives with the concept it guards
+(`gradalign.cli.errors.GuardedGroup`). Does not own the subclasses: each lives with the concept it guards
 (`config.ConfigError`, `tasks.TaskError`, `models.ModelError`, `preflight.PreflightError`,
 `graders.GraderSpecError`, `graders.GraderPoolError`, `graders.GraderBroken`, `tables.RunIncomplete`,
 `tables.RunFolderError`, `runfolder.ShardSizeError`, `runfolder.OutputError`, `runfolder.RunLocked`,

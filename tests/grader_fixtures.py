@@ -1,4 +1,4 @@
-"""Grader functions used by tests/test_graders.py via ``python:tests.grader_fixtures:<fn>``.
+"""Grader functions used by the grader tests (tests/unit/test_graders.py and others) via ``python:tests.grader_fixtures:<fn>``.
 
 Owns only test-support graders; imported inside grader worker processes, so it
 must stay importable from the repository root and free of heavy imports.

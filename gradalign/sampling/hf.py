@@ -1,10 +1,11 @@
 """The transformers sampler: batched sampling from a causal LM with per-sequence seeds.
 
-Owns: `HFSampler` (the `Sampler` Protocol over `model.generate`) and turning token-id prompts into sampled completions with `model.generate` (left padding, KV
-cache, large batches), exact sampling from softmax(z / temperature) (optionally truncated by
-top-k/top-p when a config asks for it), and the per-sequence seeding that makes a sequence's sample
-depend only on its own seed, never on which batch it landed in. Does not own what to sample (the
-engine builds prompts), grading, or teacher scoring.
+Owns: `HFSampler` (the `Sampler` Protocol) and `sample`: token-id prompts to sampled completions
+with `model.generate` (left padding, KV cache, large batches), exact sampling from
+softmax(z / temperature) (optionally truncated by top-k/top-p when a config asks for it), and the
+per-sequence seeding that makes a sequence's sample depend only on its own seed, never on which
+batch it landed in. Does not own what to sample (the pipeline stages build prompts: `pipeline.
+rollouts.continue_and_grade`), grading, or teacher scoring.
 
 Sampling is Gumbel-max: `generate` runs greedy decoding over logits/temperature + Gumbel noise.
 argmax of logits + Gumbel(0, 1) noise is an exact sample from the softmax, so this is unbiased

@@ -1,14 +1,13 @@
 """The vLLM sampler: the `Sampler` Protocol on vLLM.
 
-Owns: the vLLM
-implementation on the offline `LLM` API (token-id prompts, one request per continuation with its
+Owns: `VLLMSampler`, the implementation on vLLM's offline `LLM` API (token-id prompts, one request per continuation with its
 own seed, prefix caching on so branches that share long prefixes reuse their KV cache; vLLM fans
 `n > 1` out into child requests the same way, so per-continuation seeds cost nothing extra), the
 checks that tell a user before start-up that vLLM cannot run their model here, and the one-time
 conversion of GGUF students into a folder vLLM reads (vLLM 0.32 dropped GGUF loading). Teacher and
 student scoring stay on transformers in every case (`scoring`): vLLM's prompt logprobs are top-k
 only, and gradalign needs full-vocabulary distributions.
-Does not own what to sample (the engine) or how continuations are graded.
+Does not own what to sample (the pipeline stages) or how continuations are graded.
 
 Padded LM heads (more rows than tokenizer ids, e.g. Qwen2.5): vLLM samples over the model's full
 head; nothing here masks the padded ids (unlike `hf.MaskPadded`). Trained models give those rows ~0

@@ -156,6 +156,9 @@ def test_bad_input_exits_2_with_one_line(hf_demo_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases.append(("compare", str(empty)))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases.append(("report", str(hf_demo_run), "--out", str(a_file / "rep")))  # --out under a file
     for args in cases:
         r = _cli(*args)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
