@@ -3,8 +3,8 @@
 World: tests/tiny_world.make_tiny_world (random 1-layer Llama over {<pad>, <s>, </s>, <unk>, a, b},
 prompt "ab", success = odd number of "a"), every token a candidate (top_k = V), so every S_k is a
 plain Monte Carlo estimate of an exactly enumerable probability. Exact cosines come from
-`_Exact.rows`, this benchmark's copy of the enumeration in the test_exact_enumeration.py tests
-(memoised per prefix, models loaded once), with the horizon raised from 4 to L = 7 new tokens.
+`tiny_world.ExactOracle.rows`, the enumeration the test_exact_enumeration.py tests use (memoised
+per prefix, models loaded once), with the horizon raised from 4 to L = 7 new tokens.
 
 Per seed, the same rollouts (the rollout seed does not depend on the selector) are diagnosed with:
   every     all positions, M = M_every continuations per candidate
@@ -36,84 +36,6 @@ L = 7
 ROLLOUTS = 24
 
 
-def _success(text: str) -> bool:
-    return text.count("a") % 2 == 1
-
-
-class _Exact:
-    """Exact cosines in the tiny world by enumerating every continuation (the enumeration of
-    test_exact_enumeration.py (tests/) with the horizon `L` as a parameter and the two models loaded
-    once; P(success) memoised per prefix across calls)."""
-
-    def __init__(self, root: Path, horizon: int):
-        from transformers import AutoModelForCausalLM
-
-        from gradalign.world import build_tokenizer
-
-        self.tok = build_tokenizer(chars=("a", "b"))
-        self.L = horizon
-        self.student = AutoModelForCausalLM.from_pretrained(root / "student").eval()
-        self.teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
-        self.memo: dict = {}
-
-    def success(self, prefix: list[int], allowance: int) -> float:
-        """P(success) of continuing `prefix` (prompt "ab" + completion so far) with `allowance` new
-        tokens (EOS included)."""
-        import torch
-
-        eos = self.tok.eos_token_id
-
-        def rec(seq: tuple[int, ...], left: int) -> float:
-            key = (seq, left)
-            if key in self.memo:
-                return self.memo[key]
-            if left == 0:
-                return 0.0  # cut by max_new_tokens: a failure
-            with torch.no_grad():
-                probs = torch.softmax(self.student(torch.tensor([list(seq)])).logits[0, -1].double(), -1).tolist()
-            total = 0.0
-            for v, pv in enumerate(probs):
-                if v == eos:
-                    total += pv * float(_success(self.tok.decode(list(seq[2:]))))
-                else:
-                    total += pv * rec(seq + (v,), left - 1)
-            self.memo[key] = total
-            return total
-
-        return rec(tuple(prefix), allowance)
-
-    def rows(self, tables) -> dict:
-        """Exact cos per (rollout, position, config, loss) at every node a rollout can be branched at."""
-        import torch
-
-        from gradalign import gradients as G
-
-        tok, L = self.tok, self.L
-        eos = tok.eos_token_id
-        prompt = tok("ab", add_special_tokens=False)["input_ids"]
-        hint = tok("b" + "ab", add_special_tokens=False)["input_ids"]
-        out = {}
-        for r in tables.rollouts.itertuples():
-            ids = tok(r.completion, add_special_tokens=False)["input_ids"]
-            for t in range(len(ids) if r.truncated else len(ids) + 1):
-                prefix = prompt + ids[:t]
-                with torch.no_grad():
-                    lp = torch.log_softmax(self.student(torch.tensor([prefix])).logits[0, -1].double(), -1)
-                    lq_self = torch.log_softmax(self.student(torch.tensor([hint + ids[:t]])).logits[0, -1].double(), -1)
-                    lq_other = torch.log_softmax(self.teacher(torch.tensor([prefix])).logits[0, -1].double(), -1)
-                S = torch.tensor(
-                    [float(_success(tok.decode(ids[:t]))) if v == eos else self.success(prefix + [v], L - t - 1) for v in range(lp.numel())],
-                    dtype=torch.float64,
-                )
-                g = G.ideal_gradient(lp.exp(), S)
-                y = ids[t] if t < len(ids) else eos
-                for cfg, lq in (("self-hint", lq_self), ("other", lq_other)):
-                    for loss in G.LOSSES:
-                        d = G.distill_direction(loss, lp, lq, token=torch.tensor(y))
-                        out[(r.rollout_id, t, cfg, loss)] = G.cosine(g, d).value
-        return out
-
-
 def _config(root: Path, selector: str, M: int, seed: int):
     from gradalign.config import config_from_dict, default_config_dict
 
@@ -126,7 +48,7 @@ def _config(root: Path, selector: str, M: int, seed: int):
         "selector": selector, "continuations": M, "top_k": 6, "max_candidates": 6, "residual": True,
         "nodes_per_window": 1, "value_continuations": 2, "refine_nodes": 2,
     })
-    d["teachers"] = [  # the names/contexts `_Exact.rows` expects
+    d["teachers"] = [  # the names/contexts `ExactOracle.rows` expects
         {"name": "self-hint", "model": "student", "context": "{hint}"},
         {"name": "other", "model": str(root / "teacher"), "context": ""},
     ]
@@ -186,7 +108,7 @@ def _error(tables, exact, only=None) -> tuple[float, int, set]:
 
 def run(quick: bool = False, threads: int = 2) -> dict:
     C.add_paths()
-    from tiny_world import make_tiny_world
+    from tiny_world import ExactOracle, make_tiny_world
 
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4, 5]
     budgets = [4] if quick else [4, 8]  # M of `every`
@@ -198,7 +120,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     try:
         root = make_tiny_world(tmp / "world")
         runner = _Runner(root)
-        exact_of = _Exact(root, L)
+        exact_of = ExactOracle(root, L)
         for M_e in budgets:
             for seed in seeds:
                 base = runner.run("every", M_e, seed)

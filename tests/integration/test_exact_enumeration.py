@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from tiny_world import make_tiny_world
+from tiny_world import ExactOracle, make_tiny_world
 
-from gradalign import gradients as G
 from gradalign.config import config_from_dict, default_config_dict
 from gradalign.tables import TABLES
-from gradalign.world import build_tokenizer
 
 L = 4  # max_new_tokens
-LOSSES = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
-
-
-def _success(text: str) -> bool:
-    return text.count("a") % 2 == 1
 
 
 @pytest.fixture(scope="module")
@@ -57,67 +49,15 @@ def _config(root: Path, M: int, seed: int, top_k: int = 6, rollouts: int = 6, ba
     return config_from_dict(d)
 
 
-_MEMO: dict = {}
-
-
-def _exact_success(model, prefix: list[int], allowance: int, eos: int) -> float:
-    """P(success) of continuing from `prefix` (prompt "ab" + completion so far) with `allowance`
-    new tokens (EOS included), by enumerating every continuation (memoised per prefix)."""
-    tok = build_tokenizer(chars=("a", "b"))
-
-    def rec(seq: tuple[int, ...], left: int) -> float:
-        key = (id(model), seq, left)
-        if key in _MEMO:
-            return _MEMO[key]
-        if left == 0:
-            return 0.0  # cut by max_new_tokens: a failure
-        with torch.no_grad():
-            probs = torch.softmax(model(torch.tensor([list(seq)])).logits[0, -1].double(), -1).tolist()
-        total = 0.0
-        for v, pv in enumerate(probs):
-            if v == eos:
-                total += pv * float(_success(tok.decode(list(seq[2:]))))
-            else:
-                total += pv * rec(seq + (v,), left - 1)
-        _MEMO[key] = total
-        return total
-
-    return rec(tuple(prefix), allowance)
+_ORACLES: dict = {}
 
 
 def _exact_rows(root: Path, tables, success_out: dict | None = None) -> dict:
-    """Exact cos per (rollout, position, config, loss) at the nodes the engine branched; with
-    `success_out`, also the exact S per (rollout, position, candidate token id)."""
-    from transformers import AutoModelForCausalLM
-
-    tok = build_tokenizer(chars=("a", "b"))
-    student = AutoModelForCausalLM.from_pretrained(root / "student").eval()
-    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
-    eos = tok.eos_token_id
-    prompt = tok("ab", add_special_tokens=False)["input_ids"]
-    hint = tok("b" + "ab", add_special_tokens=False)["input_ids"]
-    out = {}
-    for r in tables.rollouts.itertuples():
-        ids = tok(r.completion, add_special_tokens=False)["input_ids"]
-        for t in range(len(ids) if r.truncated else len(ids) + 1):
-            prefix = prompt + ids[:t]
-            with torch.no_grad():
-                lp = torch.log_softmax(student(torch.tensor([prefix])).logits[0, -1].double(), -1)
-                lq_self = torch.log_softmax(student(torch.tensor([hint + ids[:t]])).logits[0, -1].double(), -1)
-                lq_other = torch.log_softmax(teacher(torch.tensor([prefix])).logits[0, -1].double(), -1)
-            S = torch.tensor(
-                [float(_success(tok.decode(ids[:t]))) if v == eos else _exact_success(student, prefix + [v], L - t - 1, eos) for v in range(lp.numel())],
-                dtype=torch.float64,
-            )
-            if success_out is not None:
-                success_out.update({(r.rollout_id, t, v): float(S[v]) for v in range(S.numel())})
-            g = G.ideal_gradient(lp.exp(), S)
-            y = ids[t] if t < len(ids) else eos
-            for cfg, lq in (("self-hint", lq_self), ("other", lq_other)):
-                for loss in LOSSES:
-                    d = G.distill_direction(loss, lp, lq, token=torch.tensor(y))
-                    out[(r.rollout_id, t, cfg, loss)] = G.cosine(g, d).value
-    return out
+    """Exact cos per (rollout, position, config, loss) at every node (`tiny_world.ExactOracle`, one
+    oracle per world so its memo is shared across calls)."""
+    if root not in _ORACLES:
+        _ORACLES[root] = ExactOracle(root, L)
+    return _ORACLES[root].rows(tables, success_out)
 
 
 def _run(root, tmp_path, M, seed, rollouts=6, backend="hf"):
