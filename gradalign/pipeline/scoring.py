@@ -3,7 +3,8 @@
 Owns: `score_rollouts`: one forward pass per rollout for the student and per (rollout, config) for
 the teachers over the student's exact token ids (a teacher sees its rendered context + the prompt
 before them); the per-token rows of the tokens table (log-probs, entropies, KL both ways, JSD,
-distribution cosine, built column-wise: one list per `tables.TokenRow` field); the full
+distribution cosine, built column-wise: one list per `tables.TokenRow` field, from
+`gradalign.scoring.pair_stats`, chunked along T); the full
 full-vocabulary log-probs at branched positions (`NodeDists`) for the later stages; the hash of
 each teacher's token prefix per question (manifest); and, per rollout, how many of its scored
 sequences (under the student or a config) put more than `scoring.PADDED_MASS_TOLERANCE` on padded
@@ -27,13 +28,16 @@ from typing import Sequence
 
 import torch
 
-from gradalign import gradients as G
 from gradalign.pipeline.resources import Resources
 from gradalign.pipeline.rollouts import Rollout
 from gradalign.selectors import SelectionPlan
 from gradalign.tables import TokenRow
 
 log = logging.getLogger(__name__)
+
+ROWS_BYTES = 512 << 20
+"""Bound on the student's final hidden rows ([T, H] per rollout) kept alive while the teachers of a
+group of rollouts are scored."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,12 @@ class Scores:
 
 
 def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan]) -> Scores:
-    """Score every rollout under the student and every config; keep full distributions at nodes."""
-    from gradalign.scoring import PADDED_MASS_TOLERANCE, ScoreRequest, score
+    """Score every rollout under the student and every config; keep full distributions at nodes.
+
+    Memory: a group of rollouts keeps the student's final hidden rows ([T, H] each, on its device)
+    while each teacher's rows are computed; the per-token statistics come from
+    `scoring.pair_stats`, chunk by chunk along T, so no [T, V] matrix exists anywhere."""
+    from gradalign.scoring import PADDED_MASS_TOLERANCE, ScoreRequest, forward_rows, node_logp, pair_stats
     from gradalign.tasks import encode_prefix, render
 
     cfg, tok = res.cfg, res.tokenizer
@@ -77,26 +85,25 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
         if mass > PADDED_MASS_TOLERANCE:
             padded_faults[(r.question_id, r.rollout_id)] += 1
             worst[who] = max(worst.get(who, 0.0), mass)
-    # rollouts scored together: bounds the [T, V] float32 matrices alive at once (student + one teacher)
-    V = res.student.get_output_embeddings().weight.shape[0]
+    # rollouts scored together: bounds the student's [T, H] rows alive at once (4 bytes a value at most)
+    H = int(res.student.get_output_embeddings().weight.shape[1])
     t_max = max((len(r.token_ids) for r in rollouts), default=1)
-    group = max(1, min(16, (512 << 20) // (8 * max(t_max, 1) * V)))
+    group = max(1, min(16, (ROWS_BYTES // (4 * max(t_max, 1) * H))))
     for g0 in range(0, len(rollouts), group):
         idx = list(range(g0, min(g0 + group, len(rollouts))))
         sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].token_ids, nodes_of[i]) for i in idx]
-        s_out = score(res.student, sreq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
+        s_rows = forward_rows(res.student, sreq, pad_id=tok.pad_token_id)
         s_lists = {}
         for k, i in enumerate(idx):
             r = rollouts[i]
-            padded(r, "student", s_out[k].padded_mass)
-            dists[(r.question_id, r.rollout_id)] = NodeDists(s_out[k].node_logp, {})
+            dists[(r.question_id, r.rollout_id)] = NodeDists(node_logp(s_rows[k], nodes_of[i], tau, n_tok), {})
             ids = list(r.token_ids)
             for t in ids:
                 if t not in texts:
                     texts[t] = tok.decode([t])
             branched = set(nodes_of[i])
-            s_lists[i] = (ids, [texts[t] for t in ids], s_out[k].token_logprob.tolist(), s_out[k].entropy.tolist(),
-                          [p in branched for p in range(len(ids))])
+            s_lists[i] = (ids, [texts[t] for t in ids], [p in branched for p in range(len(ids))])
+        student_padded_seen: set[int] = set()
         for teacher in res.teachers:
             treq = []
             for i in idx:
@@ -105,33 +112,36 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
                 ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
                 prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
                 treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
-            t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
+            t_rows = forward_rows(teacher.model, treq, pad_id=tok.pad_token_id)
             for k, i in enumerate(idx):
-                r, s, t = rollouts[i], s_out[k], t_out[k]
-                padded(r, f"config {teacher.name!r}", t.padded_mass)
+                r = rollouts[i]
                 T = len(r.token_ids)
-                dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = t.node_logp
+                dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = node_logp(t_rows[k], nodes_of[i], tau, n_tok)
+                ps = pair_stats(s_rows[k], t_rows[k], r.token_ids, temperature=tau, beta=beta, vocab_size=n_tok)
+                if i not in student_padded_seen:  # the student's sequence counts once, whatever the teachers
+                    student_padded_seen.add(i)
+                    padded(r, "student", ps.student_padded)
+                padded(r, f"config {teacher.name!r}", ps.teacher_padded)
                 if T == 0:
                     continue
-                lp, lq = s.logp_full.double(), t.logp_full.double()
-                ids, txt, s_lp, s_ent, br = s_lists[i]
+                ids, txt, br = s_lists[i]
                 cols["question_id"] += [r.question_id] * T
                 cols["rollout_id"] += [r.rollout_id] * T
                 cols["config"] += [teacher.name] * T
                 cols["position"] += range(T)
                 cols["token_id"] += ids
                 cols["token_text"] += txt
-                cols["student_logprob"] += s_lp
-                cols["student_entropy"] += s_ent
-                cols["teacher_logprob"] += t.token_logprob.tolist()
-                cols["teacher_entropy"] += t.entropy.tolist()
-                cols["kl_pq"] += G.kl(lp, lq).tolist()
-                cols["kl_qp"] += G.kl(lq, lp).tolist()
-                cols["jsd"] += G.jsd(lp, lq, beta).tolist()
-                cols["dist_cos"] += G.distribution_cosine(lp, lq).tolist()
+                cols["student_logprob"] += ps.student_logprob.tolist()
+                cols["student_entropy"] += ps.student_entropy.tolist()
+                cols["teacher_logprob"] += ps.teacher_logprob.tolist()
+                cols["teacher_entropy"] += ps.teacher_entropy.tolist()
+                cols["kl_pq"] += ps.kl_pq.tolist()
+                cols["kl_qp"] += ps.kl_qp.tolist()
+                cols["jsd"] += ps.jsd.tolist()
+                cols["dist_cos"] += ps.dist_cos.tolist()
                 cols["branched"] += br
-            del t_out
-        del s_out
+            del t_rows
+        del s_rows
     if worst:
         log.warning(
             "padded LM-head rows (ids >= the tokenizer's %d) carried more than %g softmax mass in %d scored sequences "
