@@ -39,7 +39,7 @@ from gradalign.errors import GradalignError
 logger = logging.getLogger(__name__)
 
 LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "auto")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
 SELECTOR_FORMS: tuple[str, ...] = ("every", "stride:S", "logspace", "refine")
@@ -49,6 +49,7 @@ STUDENT_MODEL = "student"  # teacher model name meaning "the student itself"
 
 _TEACHER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _DEVICE_RE = re.compile(r"cpu|auto|cuda(:\d+)?")
+_DEVICE_MAP_RE = re.compile(r"auto|balanced|balanced_low_0|sequential")
 _PY_GRADER_RE = re.compile(
     r"python:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
 )
@@ -192,14 +193,15 @@ class ModelConfig:
         A bundled model name (`data/models/<name>`; `"student"` is the embedded tiny addition
         student), a local Hugging Face model folder, or a hub id (`HF_HUB_OFFLINE=1` uses only the
         local cache). Every teacher must share its tokenizer.""")
-    dtype: str = _doc("float32", """
+    dtype: str = _doc("auto", """
         Weight and compute dtype of the student, of teachers whose `dtype` is `""`, and of the vLLM
-        engine: `float32`, `bfloat16` or `float16`. The default is exact; half precision halves
-        memory and speeds scoring at the cost of noisier log-probs, hence noisier divergences and
-        gradients.""")
+        engine: `float32`, `bfloat16`, `float16` or `auto` (bfloat16 on a CUDA device, float32 on
+        CPU). float32 is exact; half precision halves memory and speeds scoring at the cost of
+        noisier log-probs, hence noisier divergences and gradients (token statistics are computed
+        in float32 from the model's logits either way).""")
     device: str = _doc("cpu", """
         `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU). Teachers load on the same
-        device.""")
+        device unless their own `device` says otherwise.""")
     gguf_file: str = _doc("", """
         File name of a GGUF checkpoint inside `student.model` (folder or hub repo), dequantised by
         transformers on load (needs the `real` extra); `""` = the usual safetensors/bin weights. For
@@ -208,6 +210,17 @@ class ModelConfig:
     revision: str = _doc("", """
         Hub revision (branch, tag or commit) of a hub-id student; `""` = the default branch. It is
         part of the model hash in the manifest: pin a commit for a reproducible run.""")
+    device_map: str = _doc("", """
+        transformers `device_map` for the student (`auto`, `balanced`, `balanced_low_0` or
+        `sequential`: layers spread over the visible GPUs by accelerate); `""` = the whole model on
+        `device`. Overrides `device` for placement; scoring then runs where the layers are.""")
+    tensor_parallel_size: int = _doc(1, """
+        vLLM only: GPUs the student's sampling engine shards over (vLLM `tensor_parallel_size`),
+        integer >= 1. Ignored by the hf backend.""")
+    max_model_len: int = _doc(0, """
+        vLLM only: the engine's context length (prompt + completion), integer >= 0; 0 = the
+        model's own maximum. A smaller value shrinks the KV cache vLLM reserves (16k instead of a
+        128k default, for example).""")
 
 
 @dataclass(frozen=True)
@@ -239,10 +252,11 @@ class SamplingConfig:
     top_k: int = _doc(0, """
         Top-k truncation of sampling, integer >= 0; 0 = none. Any k > 0 biases success estimates as
         `top_p` < 1 does (a warning is logged).""")
-    batch_size: int = _doc(64, """
+    batch_size: int = _doc(0, """
         `hf` backend: sequences per `generate` batch (prompts sorted by length to limit padding),
-        integer >= 1. Speed and memory only: samples do not depend on batching. Ignored by
-        `vllm`.""")
+        integer >= 0; 0 = chosen per batch from `memory_gib` and the student's KV-cache size (at
+        most 64 on CPU, 256 on CUDA). Speed and memory only: samples do not depend on batching.
+        Ignored by `vllm`.""")
     vllm_memory_fraction: float = _doc(0.0, """
         vLLM only: share of the accelerator's memory its engine may take (weights + KV cache), in
         [0, 1). 0 = auto: half of what is free once the transformers student and teachers are
@@ -252,6 +266,11 @@ class SamplingConfig:
         vLLM only: skip torch.compile / CUDA graphs. Halves engine start-up on CPU (25 s vs 50 s for
         a one-layer test model, measured once on 2 shared cores) at some decode speed; worth it for
         small runs and tests, not for long GPU runs.""")
+    memory_gib: float = _doc(0.0, """
+        `hf` backend with `batch_size = 0`: the memory, in GiB, a sampling batch may take on the
+        student's device (KV cache over prompt + allowance, and the decode step's [batch, V]
+        temporaries: `gradalign.memory.sampling_batch_size`). 0 = auto: half of the free CUDA memory
+        once the models are loaded, 4 GiB on CPU. Number >= 0.""")
 
 
 @dataclass(frozen=True)
@@ -361,6 +380,13 @@ class TeacherConfig:
     gguf_file: str = _doc("", """
         GGUF file name inside this teacher's `model`, as `student.gguf_file`; `""` = the usual
         weights.""")
+    device: str = _doc("", """
+        `""` = the student's device; else `cpu`, `cuda`, `cuda:N` or `auto`, as `student.device`
+        (e.g. an 8B teacher on a second GPU). Its distributions move to the student's device for the
+        divergences, a chunk of positions at a time.""")
+    device_map: str = _doc("", """
+        transformers `device_map` for this teacher (`auto`, `balanced`, `balanced_low_0`,
+        `sequential`), as `student.device_map`; `""` = the whole model on `device`.""")
 
     @property
     def is_student(self) -> bool:
@@ -872,16 +898,32 @@ def _parse_task(s: _Section) -> TaskConfig:
     )
 
 
+def _device(s: _Section, key: str, *, allow_empty: bool = False) -> str:
+    """A device string (`cpu`, `cuda`, `cuda:N`, `auto`; `""` too when `allow_empty`)."""
+    device = s.str(key, nonempty=not allow_empty)
+    if (device or not allow_empty) and not _DEVICE_RE.fullmatch(device):
+        empty = "'' (the student's), " if allow_empty else ""
+        raise s.error(key, f"must be {empty}'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    return device
+
+
+def _device_map(s: _Section) -> str:
+    value = s.str("device_map")
+    if value and not _DEVICE_MAP_RE.fullmatch(value):
+        raise s.error("device_map", f"must be '', 'auto', 'balanced', 'balanced_low_0' or 'sequential', got {value!r}")
+    return value
+
+
 def _parse_student(s: _Section) -> ModelConfig:
-    device = s.str("device", nonempty=True)
-    if not _DEVICE_RE.fullmatch(device):
-        raise s.error("device", f"must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
     return ModelConfig(
         model=s.str("model", nonempty=True),
         dtype=s.choice("dtype", DTYPES),
-        device=device,
+        device=_device(s, "device"),
         gguf_file=s.str("gguf_file"),
         revision=s.str("revision"),
+        device_map=_device_map(s),
+        tensor_parallel_size=s.int("tensor_parallel_size", lo=1),
+        max_model_len=s.int("max_model_len", lo=0),
     )
 
 
@@ -893,9 +935,10 @@ def _parse_sampling(s: _Section) -> SamplingConfig:
         temperature=s.float("temperature", gt=0),
         top_p=s.float("top_p", gt=0, le=1),
         top_k=s.int("top_k", lo=0),
-        batch_size=s.int("batch_size", lo=1),
+        batch_size=s.int("batch_size", lo=0),
         vllm_memory_fraction=s.float("vllm_memory_fraction", ge=0, lt=1),
         vllm_eager=s.bool("vllm_eager"),
+        memory_gib=s.float("memory_gib", ge=0),
     )
 
 
@@ -981,5 +1024,11 @@ def _parse_teachers(source: str, raw: object) -> tuple[TeacherConfig, ...]:
             context=s.template("context", nonempty=False),
             dtype=dtype,
             gguf_file=s.str("gguf_file"),
+            device=_device(s, "device", allow_empty=True),
+            device_map=_device_map(s),
         ))
+        if out[-1].is_student and (out[-1].device or out[-1].device_map):
+            key = "device" if out[-1].device else "device_map"
+            raise s.error(key, "a teacher with model = \"student\" is the student's own model, placed by student.device",
+                          f"remove teachers[{i}].{key} or name a model")
     return tuple(out)

@@ -56,18 +56,19 @@ def _max_positions(source: str, is_local: bool) -> int | None:
     return None
 
 
-def _check_device(device: str) -> None:
-    """`student.device` names a device this machine has (the check `models.pick_device` makes at load)."""
+def _check_device(device: str, key: str = "student.device") -> None:
+    """`student.device` (or a teacher's, `key`) names a device this machine has (the check
+    `models.pick_device` makes at load)."""
     if not device.startswith("cuda"):
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise PreflightError(f"student.device: {device!r}, but CUDA is not available on this machine; "
+        raise PreflightError(f"{key}: {device!r}, but CUDA is not available on this machine; "
                              "use device = \"cpu\" (or \"auto\")")
     index = int(device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
-        raise PreflightError(f"student.device: {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+        raise PreflightError(f"{key}: {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
                              f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
@@ -102,6 +103,9 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
     )
     check_grader(cfg.task.grader)
     _check_device(cfg.student.device)
+    for i, t in enumerate(cfg.teachers):
+        if t.device:
+            _check_device(t.device, f"teachers[{i}].device")
     if cfg.sampling.backend == "vllm":
         import importlib.util
 

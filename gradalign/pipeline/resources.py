@@ -43,7 +43,7 @@ class Resources:
 def sampling_params(cfg: RunConfig) -> SamplingParams:
     """The sampler's parameters from the config's `sampling` section."""
     s = cfg.sampling
-    return SamplingParams(s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.batch_size)
+    return SamplingParams(s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.batch_size, int(s.memory_gib * (1 << 30)))
 
 
 def load_resources(cfg: RunConfig) -> Resources:
@@ -55,30 +55,34 @@ def load_resources(cfg: RunConfig) -> Resources:
     from gradalign.sampling import make_sampler
 
     task = preflight(cfg).task  # every check that needs no weights, before any is loaded
-    sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
-    student = models.load(sref, dtype=cfg.student.dtype, device=cfg.student.device)
-    models.check_head_covers_tokenizer(student.model, student.tokenizer, name=f"student {cfg.student.model!r}")
-    hashes = {cfg.student.model: student.content_hash}
+    st = cfg.student
+    sref = models.resolve(st.model, gguf_file=st.gguf_file, revision=st.revision)
+    student = models.load(sref, dtype=st.dtype, device=st.device, device_map=st.device_map)
+    models.check_head_covers_tokenizer(student.model, student.tokenizer, name=f"student {st.model!r}")
+    hashes = {st.model: student.content_hash}
     loaded: dict[tuple, object] = {}
     teachers = []
     for t in cfg.teachers:
         if t.model == STUDENT_MODEL:
             model = student.model
         else:
-            key = (t.model, t.gguf_file, t.dtype or cfg.student.dtype)
+            # a teacher's own dtype, else the student's setting ("auto" resolves on the teacher's device)
+            device, device_map = t.device or st.device, t.device_map or ("" if t.device else st.device_map)
+            key = (t.model, t.gguf_file, t.dtype or st.dtype, device, device_map)
             if key not in loaded:
                 tref = models.resolve(t.model, gguf_file=t.gguf_file)
                 ttok = models.load_tokenizer(tref)
-                models.check_same_tokenizer(student.tokenizer, ttok, student_name=cfg.student.model, teacher_name=t.name)
-                lm = models.load(tref, dtype=t.dtype or cfg.student.dtype, device=cfg.student.device, tokenizer=ttok)
+                models.check_same_tokenizer(student.tokenizer, ttok, student_name=st.model, teacher_name=t.name)
+                lm = models.load(tref, dtype=t.dtype or st.dtype, device=device, device_map=device_map, tokenizer=ttok)
                 models.check_head_covers_tokenizer(lm.model, student.tokenizer, name=f"teacher {t.name!r} ({t.model})")
                 loaded[key] = lm.model
                 hashes[t.model] = lm.content_hash
             model = loaded[key]
         teachers.append(Teacher(t.name, model, t.context, t.model))
     sampler = make_sampler(
-        cfg.sampling.backend, student=student, params=sampling_params(cfg), dtype=cfg.student.dtype, seed=cfg.run.seed,
+        cfg.sampling.backend, student=student, params=sampling_params(cfg), dtype=student.dtype, seed=cfg.run.seed,
         memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager,
+        tensor_parallel_size=st.tensor_parallel_size, max_model_len=st.max_model_len,
     )
     grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field)
     return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes)

@@ -16,8 +16,11 @@ __all__ = ["BACKENDS", "Completion", "Sampler", "SamplingParams", "make_sampler"
 
 
 def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
-                 memory_fraction: float = 0.0, eager: bool = False) -> Sampler:
-    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
+                 memory_fraction: float = 0.0, eager: bool = False, tensor_parallel_size: int = 1,
+                 max_model_len: int = 0) -> Sampler:
+    """The sampler for `backend`; `student` is the loaded `models.LoadedModel` (a GGUF student's
+    conversion-cache folder, `student.folder`, is what vLLM loads). `tensor_parallel_size` and
+    `max_model_len` (0 = the model's own) go to vLLM only."""
     tok = student.tokenizer
     if backend == "hf":
         from gradalign.sampling.hf import HFSampler
@@ -29,7 +32,9 @@ def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = 
         ref = student.ref
         source = ref.source
         if ref.gguf_file:
-            source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
+            source = student.folder if getattr(student, "folder", "") else gguf_as_folder(
+                student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
         return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
-                           memory_fraction=memory_fraction, eager=eager)
+                           memory_fraction=memory_fraction, eager=eager, tensor_parallel_size=tensor_parallel_size,
+                           max_model_len=max_model_len or None)
     raise ValueError(f"sampling.backend: unknown backend {backend!r} ({' | '.join(BACKENDS)})")

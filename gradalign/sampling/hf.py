@@ -17,6 +17,11 @@ re-batching give the same tokens up to float non-associativity of batched matmul
 generator, host-side random draw or host-to-device copy sits in the decode loop. Rows stop at
 their own allowance (a stopping criterion), so a batch ends when its last live row does.
 
+Batch size: a fixed `params.batch_size`, or with 0 one chosen per batch from a memory budget
+(`batch_sizes`): the KV cache of the longest sequence of the batch (prompt + allowance) and the decode
+step's [B, V] temporaries, priced by `gradalign.memory` from the model's config, must fit
+`params.memory_bytes` (auto: half of the free CUDA memory, or 4 GiB on CPU).
+
 Padded LM heads: a model's head may have more rows (V_head) than its tokenizer has ids (V_tok =
 len(tokenizer)); with `vocab_size` = V_tok the padded ids get -inf before the noise (`MaskPadded`), so
 a padded id is never drawn and the draw is from softmax over the tokenizer's ids, renormalised, the
@@ -182,8 +187,7 @@ def sample(
         if a <= 0:
             out[i] = Completion((), truncated=True, ended_with_eos=False)
     order = sorted((i for i in range(len(prompts)) if allow[i] > 0), key=lambda i: (len(prompts[i]), -allow[i]))
-    for start in range(0, len(order), params.batch_size):
-        idx = order[start : start + params.batch_size]
+    for idx in batch_sizes(model, order, [len(p) for p in prompts], allow, params):
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -211,6 +215,49 @@ def sample(
             else:
                 out[i] = Completion(tuple(toks), truncated=True, ended_with_eos=False)
     return out  # type: ignore[return-value]
+
+
+AUTO_CPU_MEMORY_BYTES = 4 << 30
+"""The auto sampling budget on CPU (`params.memory_bytes = 0`): 4 GiB of KV cache and temporaries."""
+
+
+def auto_memory_bytes(device: torch.device) -> int:
+    """The auto sampling budget: half of the free memory of a CUDA device (measured now, after the
+    models are loaded), `AUTO_CPU_MEMORY_BYTES` elsewhere."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free // 2)
+    return AUTO_CPU_MEMORY_BYTES
+
+
+def batch_sizes(model, order: Sequence[int], prompt_lens: Sequence[int], allow: Sequence[int], params: SamplingParams):
+    """`order` (indices sorted by prompt length) cut into generate batches: `params.batch_size` each,
+    or, with batch_size 0, as many as `memory.sampling_batch_size` admits for the batch's longest
+    sequence (its prompt + the largest allowance) under `params.memory_bytes` (0 = auto), capped by
+    `memory.MAX_AUTO_BATCH` for the device type. Yields lists of indices."""
+    if params.batch_size > 0:
+        for start in range(0, len(order), params.batch_size):
+            yield list(order[start : start + params.batch_size])
+        return
+    from gradalign.memory import MAX_AUTO_BATCH, ModelShape, sampling_batch_size
+
+    p = next(model.parameters())
+    cap = MAX_AUTO_BATCH.get(p.device.type, 64)
+    try:
+        shape = ModelShape.from_config(model.config)
+    except (AttributeError, TypeError, ValueError):  # not a transformers config: the fixed default
+        shape = None
+    budget = params.memory_bytes or auto_memory_bytes(p.device)
+    start = 0
+    while start < len(order):
+        if shape is None:
+            b = cap
+        else:
+            cand = order[start : start + cap]  # its last member has the longest prompt of any batch from here
+            seq = max(prompt_lens[i] for i in cand) + max(allow[i] for i in cand)
+            b = sampling_batch_size(shape, seq, budget, p.element_size(), cap=cap)
+        yield list(order[start : start + b])
+        start += b
 
 
 @dataclass

@@ -30,7 +30,8 @@ class SamplingParams:
     temperature: float = 1.0  # softmax temperature (1 = the student's own distribution)
     top_p: float = 1.0  # nucleus truncation (1 = none)
     top_k: int = 0  # top-k truncation (0 = none)
-    batch_size: int = 64  # sequences per forward batch (hf backend)
+    batch_size: int = 64  # sequences per forward batch (hf backend); 0 = from `memory_bytes` (`hf.batch_sizes`)
+    memory_bytes: int = 0  # hf backend, batch_size 0: bytes a batch may take (0 = auto: `hf.auto_memory_bytes`)
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from gradalign.models import cache_dir, write_folder_atomically
 from gradalign.sampling.protocol import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -97,50 +96,20 @@ def vllm_platform() -> VLLMPlatform:
         return VLLMPlatform(True, None)
 
 
-def cache_dir() -> Path:
-    """Where gradalign keeps derived files between runs: $GRADALIGN_CACHE, else ~/.cache/gradalign."""
-    return Path(os.environ.get("GRADALIGN_CACHE") or Path.home() / ".cache" / "gradalign")
-
-
 def gguf_as_folder(model, tokenizer, *, content_hash: str, gguf_file: str, dtype: str) -> str:
     """A safetensors folder holding `model` (already dequantised from `gguf_file` by transformers)
-    and its tokenizer, for vLLM. Written once per (content hash, file, dtype) under `cache_dir()`,
-    atomically (a temp folder renamed into place), so concurrent or killed runs never see half a
-    model; later runs reuse it."""
+    and its tokenizer, for vLLM, when the model did not come from the conversion cache
+    (`models.gguf_cache_folder`; e.g. a hub GGUF not in the local hub cache). Written once per
+    (content hash, file, dtype) under `cache_dir()`, atomically (`models.write_folder_atomically`);
+    later runs reuse it."""
     key = hashlib.blake2b(f"{content_hash}|{gguf_file}|{dtype}".encode(), digest_size=8).hexdigest()
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(gguf_file).stem)[:60]
     root = cache_dir() / "gguf" / f"{name}-{key}"
     if (root / "config.json").exists():
         return str(root)
-    tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
     log.info("writing %s as a safetensors folder for vLLM: %s", gguf_file, root)
-    _save_plain(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another run finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(root)
-
-
-def _save_plain(model, folder: Path) -> None:
-    """config.json + model.safetensors of a transformers model loaded from GGUF (whose
-    `save_pretrained` refuses: the config still names the GGUF quantisation). Tied output weights
-    are stored once, under the input embedding's name, as vLLM expects."""
-    import json
-
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = json.loads(model.config.to_json_string(use_diff=False))
-    cfg.pop("quantization_config", None)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    state = model.state_dict()
-    if getattr(model.config, "tie_word_embeddings", False):
-        out = model.get_output_embeddings()
-        state = {k: v for k, v in state.items() if not (out is not None and v.data_ptr() == out.weight.data_ptr() and k.startswith("lm_head"))}
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"))
+    return write_folder_atomically(root, model, tokenizer)
 
 
 class VLLMSampler:
@@ -149,7 +118,7 @@ class VLLMSampler:
 
     def __init__(self, source: str, params: SamplingParams, *, eos_id: int, dtype: str = "float32",
                  revision: str = "", max_model_len: int | None = None, seed: int = 0, memory_fraction: float = 0.0,
-                 eager: bool = False):
+                 eager: bool = False, tensor_parallel_size: int = 1):
         try:
             from vllm import LLM
         except ImportError:
@@ -157,6 +126,8 @@ class VLLMSampler:
         import torch
 
         kw: dict = {"revision": revision} if revision else {}
+        if tensor_parallel_size > 1:
+            kw["tensor_parallel_size"] = int(tensor_parallel_size)
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             kw["gpu_memory_utilization"] = vllm_memory_fraction(memory_fraction, free, total)

@@ -112,9 +112,9 @@ def test_defaults_match_schema():
     assert cfg.task.name == "addition" and cfg.task.path == "" and cfg.task.split == "test"
     assert cfg.task.prompt == "Q {question}\n" and cfg.task.grader == "exact"
     assert cfg.task.grader_timeout_s == 5.0
-    assert (cfg.student.model, cfg.student.dtype, cfg.student.device) == ("student", "float32", "cpu")
+    assert (cfg.student.model, cfg.student.dtype, cfg.student.device) == ("student", "auto", "cpu")
     assert cfg.sampling.backend == "hf" and cfg.sampling.rollouts_per_question == 4
-    assert cfg.sampling.max_new_tokens == 128 and cfg.sampling.batch_size == 64
+    assert cfg.sampling.max_new_tokens == 128 and cfg.sampling.batch_size == 0 and cfg.sampling.memory_gib == 0.0
     b = cfg.branching
     assert b.selector == SelectorSpec("logspace", None)
     assert (b.continuations, b.top_k, b.max_candidates, b.adaptive_max) == (8, 3, 16, 32)
