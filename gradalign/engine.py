@@ -30,7 +30,9 @@ from gradalign.graders import GraderBroken
 from gradalign.pipeline import (
     Resources,
     align,
+    fit_branches,
     load_resources,
+    mark_branched,
     plan_branches,
     run_branches,
     sample_rollouts,
@@ -114,6 +116,8 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Non
     plans = timed("select", select_nodes, res, rollouts)
     scores = timed("score", score_rollouts, res, rollouts, plans)
     branches = timed("branch", plan_branches, res, rollouts, plans, scores.dists)
+    plans, branches = fit_branches(res, rollouts, plans, branches)  # the budget at each node's real candidate count
+    mark_branched(scores.tokens, {(r.question_id, r.rollout_id): p for r, p in zip(rollouts, plans)})
     outcomes = timed("branch", run_branches, res, branches)
     if progress:
         progress("branch", outcomes.continuations, outcomes.continuations)
@@ -125,7 +129,8 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Non
         continuations=outcomes.continuations,
         prefix_hashes={f"{q}|{c}": h for (q, c), h in scores.prefix_hashes.items()},
         selection=[
-            {"question_id": r.question_id, "rollout_id": r.rollout_id, "nodes": len(p.nodes), "dropped": p.dropped,
+            {"question_id": r.question_id, "rollout_id": r.rollout_id, "nodes": len(p.nodes), "asked": p.asked,
+             "dropped": p.dropped,
              "spent_tokens": p.spent_tokens, "spent_continuations": p.spent_continuations,
              "padded_head_mass": scores.padded_faults.get((r.question_id, r.rollout_id), 0)}
             for r, p in zip(rollouts, plans)
