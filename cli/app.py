@@ -88,7 +88,7 @@ def _render_summary(run) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gradalign.analysis import summary_table
+    from gradalign.analysis import run_caveats, summary_table
 
     tables = run.tables()
     s = summary_table(tables.alignment)
@@ -102,6 +102,8 @@ def _render_summary(run) -> None:
     for (config, loss), row in s.iterrows():
         table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{int(row.n_correct)}/{int(row.n_incorrect)}")
     console.print(table)
+    for c in run_caveats(tables):  # the same records the report shows at its top
+        typer.echo(f"warning: {c.message}")
 
 
 def _load_config(config_path: Path, overrides: list[str]):

@@ -16,6 +16,7 @@ the modules below are the implementation, one concept each:
 - `rocks`: `token_loss`, `opd_norm_estimate`, `opd_norm_check`, `rock_tokens`, `rock_summary`.
 - `weights`: `WeightRule`, `RULE_KINDS`, `RULE_HELP`, `parse_rule`, `token_weights`.
 - `combine`: `combine_runs` (several runs' tables as one).
+- `caveats`: `Caveat`, `CAVEAT_KINDS`, `run_caveats` (the warnings the CLI summary and the report show).
 
 Does not own: reading or writing files (`gradalign.tables` reads, `gradalign.report` and the CLI
 write), plotting or any rendering, and computing the tables themselves (`gradalign.engine`).
@@ -32,6 +33,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+from gradalign.analysis.caveats import CAVEAT_KINDS, Caveat, run_caveats
 from gradalign.analysis.combine import combine_runs
 from gradalign.analysis.correlations import divergence_correlations, join_tokens
 from gradalign.analysis.position import (
@@ -60,6 +62,7 @@ from gradalign.analysis.weights import RULE_HELP, RULE_KINDS, WeightRule, parse_
 from gradalign.analysis.winners import question_winners, single_winner, winner_shares
 
 __all__ = [
+    "CAVEAT_KINDS", "Caveat", "run_caveats",
     "DIVERGENCES", "LOSS_PREFERENCE", "METRICS", "NODE_KEY", "QUADRANTS", "QUADRANT_NAMES", "RULE_HELP", "RULE_KINDS",
     "TOKEN_KEY", "AnalysisError", "Interval", "WeightRule", "alignment_at_decisive", "alignment_by_position",
     "bootstrap_ci", "cluster_bootstrap", "combine_runs", "decisive_nodes", "default_loss", "divergence_correlations",

@@ -48,6 +48,7 @@ class ReportContext:
     configs: list[str]            # configs of the tokens and alignment tables, sorted
     headlines: tuple[str, ...]
     figures: dict[str, Path]      # figure name -> PNG written beside the page
+    caveats: tuple = ()           # `analysis.Caveat` records shown at the top (analysis.run_caveats)
 
 
 def task_name(tables) -> str:

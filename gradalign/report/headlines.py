@@ -2,7 +2,7 @@
 
 Owns: `headlines` (one list of sentences, shown on the page, in summary.md and by the CLI), built
 from one small function per topic: ranking, questions won, decisive nodes, divergence, TIP
-quadrants, rock tokens, and a warning when there are few questions.
+quadrants, rock tokens. Warnings (few questions, ...) are `analysis.run_caveats`, shown above these.
 
 Does not own: any statistic (every number is already in `ReportData`), or markup.
 """
@@ -19,7 +19,7 @@ def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
     """The few sentences a reader should take away, computed from the report's tables."""
     m = options.metric
     return [*_ranking_lines(data.ranking, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
-            *_quadrant_lines(data, m), *_rock_lines(data, options), *_size_lines(tables)]
+            *_quadrant_lines(data, m), *_rock_lines(data, options)]
 
 
 def _ranking_lines(r, m: str) -> list[str]:
@@ -104,10 +104,3 @@ def _rock_lines(data: ReportData, options: ReportOptions) -> list[str]:
             f"{fmt_pct(rs['share_kl'].mean())} of summed KL(p||q) and {fmt_pct(rs['share_norm_est'].mean())} of the estimated "
             f"sampled-token OPD gradient norm (means over configs)."]
 
-
-def _size_lines(tables) -> list[str]:
-    """A warning when the run has too few questions for firm intervals."""
-    nq = tables.rollouts["question_id"].nunique()
-    if nq < 20:
-        return [f"Only {nq} questions: intervals are wide; treat the ranking as provisional and run more questions."]
-    return []

@@ -1,6 +1,6 @@
 """summary.md: the key tables and take-aways in Markdown, linking the PNGs beside it.
 
-Owns: Markdown tables (pipes escaped) and the order of summary.md's sections: head, take-aways,
+Owns: Markdown tables (pipes escaped) and the order of summary.md's sections: head, warnings, take-aways,
 ranking, questions won, along the rollout, divergence vs alignment, token types.
 
 Does not own: the rows it shows (`rows`, shared with the page), the figures (`figures`; linked by
@@ -52,6 +52,10 @@ def _head(ctx: ReportContext) -> list[str]:
                                       f"`{ctx.data.loss}`. Full page: [index.html](index.html).")
 
 
+def _warnings(ctx: ReportContext) -> list[str]:
+    return ["## Warnings", "", *[f"- {c.message}" for c in ctx.caveats], ""] if ctx.caveats else []
+
+
 def _takeaways(ctx: ReportContext) -> list[str]:
     return ["## Take-aways", "", *[f"- {h}" for h in ctx.headlines], ""]
 
@@ -83,4 +87,4 @@ def _token_types(ctx: ReportContext) -> list[str]:
                     _md_table(rock_header, rock_summary_rows(d.rock_summary)))
 
 
-SECTIONS = (_head, _takeaways, _ranking, _winners, _position, _divergence, _token_types)
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _divergence, _token_types)

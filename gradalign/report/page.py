@@ -3,7 +3,7 @@
 Owns: the page's CSS, the figures inlined as data URIs, HTML tables (escaped unless told otherwise),
 the run metadata line and the configs table, the tables shown only on the page (per-question means,
 position, decisive nodes, quadrant details, thresholds, rock candidates) and the explanatory notes.
-`render_page` joins the sections in order: head, take-aways, 1 ranking, 2 winners, 3 position,
+`render_page` joins the sections in order: head, warnings (`analysis.run_caveats`), take-aways, 1 ranking, 2 winners, 3 position,
 4 token heatmaps, 5 divergence, 6 token types (TIP quadrants, then rock tokens), configs, footer.
 No JavaScript, no network, no CDN: hover details are `title` attributes.
 
@@ -54,6 +54,8 @@ table.tbl{border-collapse:collapse;font-size:12px;margin:8px 0} .tbl th,.tbl td{
 .legend{font-size:12px;display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin:6px 0}
 .legend .bar{display:inline-block;width:160px;height:12px;border:1px solid #aaa}
 .win{font-weight:bold;background:#fff3c4}
+.warn{background:#fff4e5;border:1px solid #f0b429;border-radius:4px;padding:6px 12px;margin:10px 0;font-size:13px}
+.warn ul{margin:4px 0;padding-left:20px}
 """
 
 
@@ -110,6 +112,14 @@ def _head(ctx: ReportContext) -> list[str]:
             f"{', '.join(sorted(set(t.alignment['loss'])))}. Alignment metric <code>{m}</code> = cosine between the ideal "
             f"gradient (what raises the student's success) and each config's distillation gradient; one-loss views use "
             f"<code>{ctx.data.loss}</code>.<br>{'<br>'.join(run_lines)}</p>"]
+
+
+def _warnings(ctx: ReportContext) -> list[str]:
+    """The run's caveats (`analysis.run_caveats`), above everything they qualify; nothing when none apply."""
+    if not ctx.caveats:
+        return []
+    return ["<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(c.message)}</li>" for c in ctx.caveats)
+            + "</ul></div>"]
 
 
 def _takeaways(ctx: ReportContext) -> list[str]:
@@ -255,4 +265,4 @@ def _footer(ctx: ReportContext) -> list[str]:
             "</body></html>"]
 
 
-SECTIONS = (_head, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _configs, _footer)
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _configs, _footer)
