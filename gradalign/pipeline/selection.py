@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from gradalign import progress
 from gradalign.candidates import slots_per_node
 from gradalign.pipeline.branching import Branch
 from gradalign.pipeline.resources import Resources
@@ -63,6 +64,7 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
                 jobs.append((i, t))
                 items.append(Continuation(r.row, r.prompt_ids, r.token_ids[:t],
                                           stable_seed(cfg.run.seed, "value", r.question_id, r.rollout_id, t, m)))
+        progress.expect(len(items))
         acc: dict[tuple[int, int], list[int]] = {}
         for (i, t), o in zip(jobs, continue_and_grade(res, items) if items else []):
             acc.setdefault((i, t), []).append(int(o.success))
