@@ -17,6 +17,8 @@ from gradalign.report.rows import (
     correlation_header,
     correlation_rows,
     counts_line,
+    disagreement_header,
+    disagreement_rows,
     quadrant_header,
     quadrant_pivot_rows,
     ranking_rows,
@@ -61,7 +63,12 @@ def _takeaways(ctx: ReportContext) -> list[str]:
 
 
 def _ranking(ctx: ReportContext) -> list[str]:
-    return _section("## Ranking", "![ranking](ranking.png)", _md_table(RANK_HEADER, ranking_rows(ctx.data.ranking)))
+    out = _section("## Ranking", "![ranking](ranking.png)", _md_table(RANK_HEADER, ranking_rows(ctx.data.ranking)))
+    tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
+    if tie is not None and dis is not None and len(dis):
+        out += _section(f"### Where {tie.a[0]} and {tie.b[0]} differ ({ctx.data.loss})",
+                        _md_table(disagreement_header(tie, ctx.options.metric), disagreement_rows(dis)))
+    return out
 
 
 def _winners(ctx: ReportContext) -> list[str]:

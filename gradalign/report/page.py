@@ -26,6 +26,8 @@ from gradalign.report.rows import (
     correlation_header,
     correlation_rows,
     counts_line,
+    disagreement_header,
+    disagreement_rows,
     fmt_ci,
     fmt_num,
     fmt_pct,
@@ -136,7 +138,21 @@ def _ranking(ctx: ReportContext) -> list[str]:
             f"replicates that resample questions (not tokens), seed {o.seed}. Split by the rollout's verdict. "
             f"{len(undefined)} of {len(a)} node x config x loss rows have an undefined {m} and are left out"
             f"{' (reasons: ' + html.escape(why) + ')' if why else ''}.</p>",
-            _img(ctx.figures["ranking"]) + _html_table(RANK_HEADER, ranking_rows(ctx.data.ranking))]
+            _img(ctx.figures["ranking"]) + _html_table(RANK_HEADER, ranking_rows(ctx.data.ranking)), *_differ(ctx)]
+
+
+def _differ(ctx: ReportContext) -> list[str]:
+    """The nodes where the best config and the one it ties with differ most (see `headlines.tie_lines`)."""
+    tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
+    if tie is None or dis is None or not len(dis):
+        return []
+    a, b, m = html.escape(tie.a[0]), html.escape(tie.b[0]), ctx.options.metric
+    return [f"<h3>Where {a} and {b} differ</h3>",
+            f"<p class='note'>{a} − {b} = {fmt_ci(tie.diff, tie.low, tie.high)} on average over {tie.n_questions} questions "
+            f"({html.escape(ctx.data.loss)}; paired interval, questions resampled for both), so neither is ahead; these are "
+            f"the nodes where their {m} differs by more than 0.25 (largest first, at most 20 of {len(dis)}), with the "
+            f"completion text before the token and each teacher's probability of the token the student took.</p>",
+            _html_table(disagreement_header(tie, m), disagreement_rows(dis))]
 
 
 def _winners(ctx: ReportContext) -> list[str]:
