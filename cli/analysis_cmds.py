@@ -69,6 +69,8 @@ def report(
     results = write_reports(run_dirs, out, options=opts)
     for r in results:
         typer.echo(f"{r.task}: wrote {r.html} ({len(r.figures)} figures and {r.markdown.name} beside it)")
+        for c in r.caveats:
+            typer.echo(f"  warning: {c.message}")
         for h in r.headlines:
             typer.echo(f"  - {h}")
 

@@ -1,6 +1,6 @@
 """The Typer application behind the `gradalign` command.
 
-Owns: option parsing, progress display and rendering. Every command builds one config and calls the
+Owns: option parsing and rendering (live progress: `cli.progress`). Every command builds one config and calls the
 library function a Python user would call; nothing here computes results. Imports of torch,
 transformers and pandas happen inside commands so `gradalign --help` stays instant.
 """
@@ -69,26 +69,11 @@ def accuracy(
     typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
 
 
-def _progress_runner():
-    """A rich progress display and the (stage, done, total) callback the library calls."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
-    tasks: dict[str, int] = {}
-
-    def cb(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    return bar, cb
-
-
 def _render_summary(run) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gradalign.analysis import summary_table
+    from gradalign.analysis import run_caveats, summary_table
 
     tables = run.tables()
     s = summary_table(tables.alignment)
@@ -102,6 +87,8 @@ def _render_summary(run) -> None:
     for (config, loss), row in s.iterrows():
         table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{int(row.n_correct)}/{int(row.n_incorrect)}")
     console.print(table)
+    for c in run_caveats(tables):  # the same records the report shows at its top
+        typer.echo(f"warning: {c.message}")
 
 
 def _load_config(config_path: Path, overrides: list[str]):
@@ -111,16 +98,17 @@ def _load_config(config_path: Path, overrides: list[str]):
     return apply_overrides(cfg, parse_overrides(overrides)) if overrides else cfg
 
 
-def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int) -> None:
+def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int, progress_every: float = 10.0) -> None:
     import json
     import logging
     import shlex
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from gradalign.cli.progress import progress_display
+
     from gradalign.engine import diagnose
 
-    bar, cb = _progress_runner()
-    with bar:
+    with progress_display(progress_every) as cb:
         run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
     _render_summary(run)
     f = run.manifest.faults
@@ -139,12 +127,17 @@ def diagnose_cmd(
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set sampling.rollouts_per_question=8"),
     resume: bool = typer.Option(False, help="keep finished shards in OUT and compute the rest"),
     shard_size: int = typer.Option(8, help="questions per shard (the unit written to disk and resumed)"),
+    progress_every: float = typer.Option(10.0, help="without a terminal: seconds between progress lines per stage "
+                                                    "(a line also at each 10% step and when a stage finishes)"),
 ) -> None:
     """Diagnose teacher/context configs: per-token alignment of distillation and ideal gradients.
 
+    Progress goes to stderr: live bars on a terminal, plain `progress:` lines otherwise (counts over
+    the whole run, tokens/s, ETA).
+
     Example: gradalign diagnose data/configs/demo.toml --out runs/demo --set task.limit=20
     """
-    _run_diagnose(_load_config(config, set_), out, resume, shard_size)
+    _run_diagnose(_load_config(config, set_), out, resume, shard_size, progress_every)
 
 
 @app.command("demo")

@@ -3,7 +3,7 @@
 Owns: building the candidate set K at one node from the sampled token, the student's top-k, each
 teacher config's top-k, and an optional coverage extension (student tokens by descending
 probability until a target mass is covered), with a cap and a recorded source per candidate; and
-`slots_per_node`, the estimation slots a node is budgeted for (selectors' cost, preflight's check).
+`slots_per_node`, the estimation slots a node usually takes (refine's budget reserve before candidates exist).
 Does not own the residual bucket's sampling (`pipeline.branching` draws it) or the estimates (`estimates`).
 
 Priority when the cap bites: sampled token, then student top-k, then teachers' top-k in config
@@ -65,8 +65,8 @@ def candidate_set(
 def slots_per_node(branching, n_configs: int) -> int:
     """Estimation slots a node is budgeted for: the candidate set's usual size (the sampled token,
     the student's and each of `n_configs` configs' top-k, capped at `max_candidates`) plus the
-    residual bucket. `branching` is the config's `BranchingConfig`. Selectors charge this times M
-    per node; preflight checks that one node fits the budget. Coverage candidates are not foreseen
-    (their number depends on the node), so a budget with coverage on is approximate."""
+    residual bucket, an upper bound without coverage. `branching` is the config's `BranchingConfig`.
+    Refine reserves this times M per final node while it queries values; every budget is finally
+    charged with a node's actual candidates (`pipeline.selection.fit_branches`)."""
     b = branching
     return min(b.max_candidates, 1 + b.top_k * (1 + n_configs)) + int(b.residual)

@@ -295,8 +295,8 @@ class BranchingConfig:
         estimate, so a small k leans on it.""")
     coverage: float = _doc(0.0, """
         Extra candidates: the student's tokens by descending probability until the candidates hold
-        this much of its probability mass, in [0, 1); 0 = off. Capped by `max_candidates` and not
-        counted by the budget, which assumes 1 + top_k x (1 + teachers) candidates per node.""")
+        this much of its probability mass, in [0, 1); 0 = off. Capped by `max_candidates`; counted
+        by the budget like every candidate.""")
     max_candidates: int = _doc(16, """
         Cap on the candidate tokens per node, residual bucket not counted, integer >= 1. When it
         bites, the sampled token comes first, then the student's top-k, the teachers' top-k in
@@ -313,12 +313,13 @@ class BranchingConfig:
         (when `residual` is true).""")
     budget_tokens: int = _doc(0, """
         Per-rollout cap on continuation tokens, integer >= 0; 0 = unlimited. Counted by the
-        selectors' cost model: a continuation from position t costs T - t tokens (at least 1), a
-        branched node (1 + top_k x (1 + teachers), capped by max_candidates, + residual) x M
-        continuations, refine's value queries included. Nodes that do not fit are dropped, earliest
-        (most expensive) first, and counted in the manifest's `selection`. Must fit one node
-        (checked before loading weights). Adaptive extra continuations and coverage candidates are
-        not counted.""")
+        selectors' cost model at the true length cap: a continuation from node t costs
+        `sampling.max_new_tokens` - t - 1 tokens (a value query - t; at least 1), a branched node its
+        actual candidates (+ the residual bucket when drawn) x M continuations, refine's value
+        queries included. Nodes that do not fit are dropped, earliest (most expensive) first (refine:
+        lowest ranked first); the log, `diagnose`'s summary and the manifest's `selection` (`asked`,
+        `nodes`, `dropped`) say when a rollout kept fewer nodes than asked. Must fit one node of one
+        candidate (checked before loading weights). Adaptive extra continuations are not counted.""")
     budget_continuations: int = _doc(0, """
         Per-rollout cap on continuations, integer >= 0; 0 = unlimited. Same accounting and dropping
         as `budget_tokens`, counting continuations instead of tokens.""")

@@ -9,6 +9,11 @@ writers (`gradalign.tables`), input checks (`gradalign.preflight`, run inside `l
 the run folder itself (`gradalign.runfolder`: writability, the lock, the layout, the shard plan on
 resume and which finished shards are kept).
 
+Progress: one `progress.ProgressTracker` per run counts every stage cumulatively over the shards to
+compute (rollouts and scoring in rollouts, value queries and branches in continuations, questions),
+with tokens and time per stage, and hands each `ProgressEvent` to the `progress` callback; the stages
+report through `gradalign.progress.advance` (sampling) and here (scoring, in chunks of rollouts).
+
 Seeds derive from the run seed and stable ids (question id, rollout index, position, candidate
 token, continuation index), never from batch order, so shards and resume give the same numbers.
 """
@@ -23,20 +28,24 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from gradalign.config import STUDENT_MODEL, RunConfig
 from gradalign.graders import GraderBroken
 from gradalign.pipeline import (
     Resources,
     align,
+    fit_branches,
     load_resources,
+    mark_branched,
     plan_branches,
     run_branches,
     sample_rollouts,
     score_rollouts,
     select_nodes,
 )
+from gradalign.pipeline.scoring import Scores
+from gradalign.progress import Progress, ProgressTracker
 from gradalign.runfolder import (
     RunInterrupted,
     RunLock,
@@ -55,7 +64,6 @@ from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, Manifest, concat_t
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -97,26 +105,32 @@ def _git_commit() -> str | None:
         return None
 
 
-def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | None = None) -> ShardResult:
-    """Every pipeline stage for one shard of questions (see `gradalign.pipeline`)."""
+def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | ProgressTracker | None = None) -> ShardResult:
+    """Every pipeline stage for one shard of questions (see `gradalign.pipeline`). `progress`: the
+    run's tracker, or a callback (then counts and totals cover this shard only)."""
     timings: dict[str, float] = {}
+    tr = progress if isinstance(progress, ProgressTracker) else ProgressTracker(progress)
+    if not isinstance(progress, ProgressTracker):
+        n = len(rows) * res.cfg.sampling.rollouts_per_question
+        tr.expect("rollouts", n)
+        tr.expect("score", n)
 
     def timed(stage: str, fn, *args):
         t0 = time.perf_counter()
-        out = fn(*args)
+        with tr.stage(stage):
+            out = fn(*args)
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
         return out
 
     g0 = res.grader.stats
     rollouts = timed("rollouts", sample_rollouts, res, rows)
-    if progress:
-        progress("rollouts", len(rollouts), len(rollouts))
     plans = timed("select", select_nodes, res, rollouts)
-    scores = timed("score", score_rollouts, res, rollouts, plans)
+    scores = timed("score", _score, res, rollouts, plans, tr)
     branches = timed("branch", plan_branches, res, rollouts, plans, scores.dists)
+    plans, branches = fit_branches(res, rollouts, plans, branches)  # the budget at each node's real candidate count
+    mark_branched(scores.tokens, {(r.question_id, r.rollout_id): p for r, p in zip(rollouts, plans)})
+    tr.expect("branch", sum((len(b.candidates) + bool(b.residual_tokens)) * res.cfg.branching.continuations for b in branches))
     outcomes = timed("branch", run_branches, res, branches)
-    if progress:
-        progress("branch", outcomes.continuations, outcomes.continuations)
     aligned = timed("align", align, res, branches, outcomes, scores.dists)
     return ShardResult(
         tables={"rollouts": [r.to_row() for r in rollouts], "tokens": scores.tokens, "nodes": aligned.nodes,
@@ -125,7 +139,8 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Non
         continuations=outcomes.continuations,
         prefix_hashes={f"{q}|{c}": h for (q, c), h in scores.prefix_hashes.items()},
         selection=[
-            {"question_id": r.question_id, "rollout_id": r.rollout_id, "nodes": len(p.nodes), "dropped": p.dropped,
+            {"question_id": r.question_id, "rollout_id": r.rollout_id, "nodes": len(p.nodes), "asked": p.asked,
+             "dropped": p.dropped,
              "spent_tokens": p.spent_tokens, "spent_continuations": p.spent_continuations,
              "padded_head_mass": scores.padded_faults.get((r.question_id, r.rollout_id), 0)}
             for r, p in zip(rollouts, plans)
@@ -133,6 +148,22 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Non
         grader_faults={"grader_errors": res.grader.stats.errors - g0.errors,
                        "grader_timeouts": res.grader.stats.timeouts - g0.timeouts},
     )
+
+
+def _score(res: Resources, rollouts, plans, tr: ProgressTracker) -> Scores:
+    """`score_rollouts` in about ten chunks of rollouts, each reported to the tracker (rollouts, and
+    tokens scored = completion tokens x (student + configs)); the chunks' records concatenated."""
+    n, per = len(rollouts), 1 + len(res.teachers)
+    step = max(1, -(-n // 10))
+    parts = []
+    for i in range(0, n, step):
+        parts.append(score_rollouts(res, rollouts[i : i + step], plans[i : i + step]))
+        tr.advance(len(rollouts[i : i + step]), per * sum(len(r.token_ids) for r in rollouts[i : i + step]))
+    if len(parts) == 1:
+        return parts[0]
+    tokens = {k: [v for p in parts for v in p.tokens[k]] for k in parts[0].tokens}
+    merged = [{k: v for p in parts for k, v in getattr(p, f).items()} for f in ("dists", "prefix_hashes", "padded_faults")]
+    return Scores(tokens, *merged)
 
 
 def diagnose(
@@ -172,12 +203,18 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
     requested, shard_size = shard_size, resume_shard_size(out, recorded, shard_size)
     shards = [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
     tally.total = len(shards)
+    tracker = ProgressTracker(progress)
     selection, prefix_hashes, n_cont, resumed = [], {}, 0, 0
     grader_faults = {"grader_errors": 0, "grader_timeouts": 0}  # summed over shards, resumed ones included
     try:
         kept = (finished_shards(out, shards, res.task.row_id, fp, shard_size=shard_size, requested=requested)
                 if recorded is not None else {})  # checked before any shard is computed
         tally.kept = len(kept)
+        todo = sum(len(s) for k, s in enumerate(shards) if k not in kept)  # questions to compute
+        n_roll = todo * cfg.sampling.rollouts_per_question
+        for stage, units in (("rollouts", n_roll), ("score", n_roll), ("questions", todo)):
+            tracker.expect(stage, units)
+        started = 0
         with writing(out, "shards/run.json", tally):
             write_run_info(out, fp, cfg.to_dict(), cfg.source, shard_size)
             (out / "manifest.json").unlink(missing_ok=True)  # rewritten last; its absence marks an incomplete run
@@ -187,7 +224,9 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
                 resumed += 1
                 log.info("shard %d/%d already complete; skipped", k + 1, len(shards))
             else:
-                r = process_shard(res, shard, progress)
+                started += len(shard)
+                tracker.planned(started, todo)
+                r = process_shard(res, shard, tracker)
                 for st, v in r.timings.items():
                     timings[st] = timings.get(st, 0.0) + v
                 info = {"config_fingerprint": fp, "questions": [res.task.row_id(q) for q in shard], "timings": r.timings,
@@ -196,13 +235,12 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
                 with writing(out, f"shard {k + 1} of {len(shards)}", tally):
                     write_shard(out, k, r.tables, info, fp)
                 tally.kept += 1
+                tracker.advance(len(shard), stage="questions")
             selection += info["selection"]
             prefix_hashes.update(info["prefix_hashes"])
             n_cont += info["continuations"]
             for kind, v in info.get("grader_faults", {}).items():
                 grader_faults[kind] = grader_faults.get(kind, 0) + v
-            if progress:
-                progress("questions", min((k + 1) * shard_size, len(rows)), len(rows))
     except GraderBroken as e:
         raise GraderBroken(f"{e}; finished shards are kept ({tally.kept} of {tally.total})") from None
     finally:

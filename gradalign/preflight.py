@@ -88,7 +88,6 @@ def _quiet_length_warning():
 def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightReport:
     """Run all pre-load checks; raises PreflightError / TaskError / ModelError / GraderSpecError."""
     from gradalign import models
-    from gradalign.candidates import slots_per_node
     from gradalign.graders import check_grader
     from gradalign.selectors import branch_cost
     from gradalign.tasks import encode_prefix, load_task, render
@@ -167,12 +166,12 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
             )
 
     b = cfg.branching
-    per_node = slots_per_node(b, len(cfg.teachers)) * b.continuations
-    cheapest = branch_cost(1, 0, per_node)  # a one-token continuation from the last position
+    # the cheapest node: the sampled token alone (a node's real candidate count is priced after scoring)
+    cheapest = branch_cost(1, 0, b.continuations)  # a one-token continuation from the last position
     if b.budget_continuations and b.budget_continuations < cheapest.continuations:
         raise PreflightError(
             f"branching.budget_continuations: {b.budget_continuations} cannot fit one node "
-            f"({cheapest.continuations} continuations = candidates x M); raise it or lower continuations/top_k"
+            f"({cheapest.continuations} continuations = one candidate x M); raise it or lower continuations"
         )
     if b.budget_tokens and b.budget_tokens < cheapest.tokens:
         raise PreflightError(

@@ -16,13 +16,19 @@ the sampled token y_t. Position T is a pseudo-node: V(T) is the rollout's own gr
 
 Cost model
 ----------
-A continuation from node t is assumed to generate ``max(1, T - t)`` tokens (the rest of the
-rollout, at least one).
+A continuation's length is priced by `continuation_tokens`. With the sampler's cap L
+(`sampling.max_new_tokens`, passed as ``max_new_tokens``) it is the true upper bound: a branch
+continuation's head is y_<t plus the candidate token, so it generates at most ``L - t - 1`` tokens;
+a value query's head is y_<t, so at most ``L - t``. Without L (``max_new_tokens=0``, for callers
+that only know T) it is ``T - t``, the rest of the rollout, an expected length rather than a bound.
+Every continuation costs at least one token.
 
-- Branching node t costs ``branch_continuations`` continuations (the caller's expected number of
-  candidates, residual included, times M) and ``branch_continuations * max(1, T - t)`` tokens.
+- Branching node t costs ``branch_continuations`` continuations (slots x M: the node's candidates,
+  residual bucket included, times M) and that many times the continuation length in tokens.
+  Selectors plan with a per-node slot count given by the caller; `fit_to_budget` re-prices a plan
+  with each node's actual slot count once its candidates are known (see Budget below).
 - A value query at node t < T (refine only) costs ``value_continuations`` continuations and
-  ``value_continuations * max(1, T - t)`` tokens.
+  ``value_continuations * continuation_tokens(..., branch=False)`` tokens.
 - The pseudo-node T costs nothing: `select_nodes` answers it with the rollout's graded outcome
   (``ValueObs(successes=outcome, n=1)``) without generating.
 
@@ -43,7 +49,12 @@ Rules
 Budget: `Budget(max_tokens, max_continuations)`, 0 meaning unlimited; a plan never exceeds it.
 For every/stride/logspace, positions are admitted from the latest (cheapest) to the earliest and
 the ones that do not fit are dropped, so logspace loses its earliest (most expensive) windows
-first. Drops are counted in `SelectionPlan.dropped` and logged at INFO.
+first. A node's candidate count is only known after scoring, so `pipeline.selection` plans with
+the fewest slots a node can take (the sampled token alone) and, once candidates are built, calls
+`fit_to_budget` with each node's actual slots: nodes are re-admitted in the same order (refine: rank
+order, its value queries already spent) and the rest dropped. `SelectionPlan.asked` is how many
+nodes the rule wanted, `dropped` how many of those (and of refine's anchors) the budget left out;
+`budget_note` words it for logs and summaries.
 
 Protocol (identical for all kinds, so `select_nodes` can run many rollouts' selectors in lockstep and
 batch every pending value query of a round into one generate call)::
@@ -57,10 +68,11 @@ batch every pending value query of a round into one generate call)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +157,11 @@ class SelectionPlan:
     """What a selector settled on: nodes to branch plus what it spent and learned getting there.
 
     `nodes` are in ascending position for every/stride/logspace and in rank order (best first)
-    for refine. `spent_*` cover the branching of `nodes` plus refine's value queries. `dropped`
-    counts planned positions left out for budget (static nodes; refine anchors and final nodes).
-    `queries` are refine's value estimates in ascending position (empty for the other kinds).
+    for refine. `spent_*` cover the branching of `nodes` plus refine's value queries
+    (`query_*` alone). `dropped` counts planned positions left out for budget (static nodes; refine
+    anchors and final nodes). `queries` are refine's value estimates in ascending position (empty
+    for the other kinds). `asked` is how many nodes the rule wanted before any budget (static: its
+    positions; refine: min(refine_nodes, T)).
     """
 
     nodes: tuple[NodeChoice, ...]
@@ -155,30 +169,83 @@ class SelectionPlan:
     spent_continuations: int
     dropped: int
     queries: tuple[ValueQuery, ...] = ()
+    asked: int = 0
+    query_tokens: int = 0
+    query_continuations: int = 0
 
     @property
     def positions(self) -> tuple[int, ...]:
         return tuple(n.position for n in self.nodes)
 
+    @property
+    def short(self) -> bool:
+        """The budget kept fewer nodes than the rule asked for."""
+        return len(self.nodes) < self.asked
+
 
 # ----------------------------------------------------------------------------- cost model
 
 
-def continuation_tokens(n_tokens: int, position: int) -> int:
-    """Tokens one continuation from node `position` is assumed to generate: max(1, T - t)."""
+def continuation_tokens(n_tokens: int, position: int, max_new_tokens: int = 0, *, branch: bool = True) -> int:
+    """Tokens one continuation from node t = `position` is priced at (at least 1).
+
+    With `max_new_tokens` L > 0 (the sampler's cap on a completion) this is the true upper bound:
+    L - t - 1 for a branch continuation (head y_<t plus the candidate token), L - t for a value
+    query (`branch=False`, head y_<t). With L = 0, T - t (the rest of the rollout, an expected length)."""
+    if max_new_tokens > 0:
+        return max(1, max_new_tokens - position - int(branch))
     return max(1, n_tokens - position)
 
 
-def branch_cost(n_tokens: int, position: int, branch_continuations: int) -> Cost:
-    tokens = branch_continuations * continuation_tokens(n_tokens, position)
+def branch_cost(n_tokens: int, position: int, branch_continuations: int, max_new_tokens: int = 0) -> Cost:
+    """Cost of branching node t: `branch_continuations` (slots x M) continuations of
+    `continuation_tokens(T, t, L)` tokens each."""
+    tokens = branch_continuations * continuation_tokens(n_tokens, position, max_new_tokens)
     return Cost(tokens, branch_continuations)
 
 
-def query_cost(n_tokens: int, position: int, value_continuations: int) -> Cost:
+def query_cost(n_tokens: int, position: int, value_continuations: int, max_new_tokens: int = 0) -> Cost:
     """Cost of a value query; the pseudo-node T (the rollout's own outcome) is free."""
     if position >= n_tokens:
         return Cost(0, 0)
-    return Cost(value_continuations * continuation_tokens(n_tokens, position), value_continuations)
+    per = continuation_tokens(n_tokens, position, max_new_tokens, branch=False)
+    return Cost(value_continuations * per, value_continuations)
+
+
+def budget_note(plans: "Sequence[SelectionPlan]", budget: Budget) -> str:
+    """One sentence on what `budget` cost a list of plans ("" when no rollout lost a node): how many
+    rollouts got fewer nodes than their rule asked and how many nodes were kept of those asked."""
+    short = [p for p in plans if p.short]
+    if not short:
+        return ""
+    kept, asked = sum(len(p.nodes) for p in plans), sum(p.asked for p in plans)
+    return (f"budget {_budget_text(budget)} kept fewer nodes than asked in {len(short)} of {len(plans)} rollouts "
+            f"({kept} of {asked} nodes kept)")
+
+
+def _budget_text(budget: Budget) -> str:
+    parts = [f"{budget.max_tokens:,} tokens" if budget.max_tokens else "",
+             f"{budget.max_continuations:,} continuations" if budget.max_continuations else ""]
+    return " / ".join(p for p in parts if p) or "unlimited"
+
+
+def fit_to_budget(plan: SelectionPlan, budget: Budget, costs: Mapping[int, Cost], *, rank_order: bool) -> SelectionPlan:
+    """Re-admit `plan.nodes` with their actual branching `costs` (position -> Cost, e.g. from the
+    node's real candidate count) on top of the plan's value-query spend; nodes that no longer fit
+    are dropped. Order of admission: `rank_order` (refine) as listed, else latest position first
+    (the cheapest). Kept nodes stay in the plan's order; `dropped` grows by the nodes left out."""
+    order = list(plan.nodes) if rank_order else sorted(plan.nodes, key=lambda c: -c.position)
+    tokens, conts = plan.query_tokens, plan.query_continuations
+    kept: set[int] = set()
+    for choice in order:
+        c = costs[choice.position]
+        if budget.fits(tokens, conts, c.tokens, c.continuations):
+            kept.add(choice.position)
+            tokens += c.tokens
+            conts += c.continuations
+    nodes = tuple(c for c in plan.nodes if c.position in kept)
+    return dataclasses.replace(plan, nodes=nodes, spent_tokens=tokens, spent_continuations=conts,
+                               dropped=plan.dropped + len(plan.nodes) - len(nodes))
 
 
 # ----------------------------------------------------------------------------- position rules
@@ -242,7 +309,7 @@ class Selector:
 
     kind = "base"
 
-    def __init__(self, *, n_tokens: int, budget: Budget, branch_continuations: int) -> None:
+    def __init__(self, *, n_tokens: int, budget: Budget, branch_continuations: int, max_new_tokens: int = 0) -> None:
         if n_tokens < 0:
             raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
         if branch_continuations < 1:
@@ -250,6 +317,7 @@ class Selector:
         self.n_tokens = n_tokens
         self.budget = budget
         self.branch_continuations = branch_continuations
+        self.max_new_tokens = max_new_tokens  # L for `continuation_tokens` (0: price T - t)
 
     def pending(self) -> tuple[int, ...]:
         """Positions whose V must be estimated now, ascending; empty when done."""
@@ -263,7 +331,7 @@ class Selector:
         raise NotImplementedError
 
     def _branch(self, position: int) -> Cost:
-        return branch_cost(self.n_tokens, position, self.branch_continuations)
+        return branch_cost(self.n_tokens, position, self.branch_continuations, self.max_new_tokens)
 
 
 class StaticSelector(Selector):
@@ -306,7 +374,7 @@ class StaticSelector(Selector):
                 min(dropped), max(dropped), self.n_tokens,
             )
         kept.sort(key=lambda c: c.position)
-        return SelectionPlan(tuple(kept), tokens, conts, len(dropped), ())
+        return SelectionPlan(tuple(kept), tokens, conts, len(dropped), (), asked=len(self.candidates))
 
 
 @dataclass(frozen=True)
@@ -359,13 +427,14 @@ class RefineSelector(Selector):
         n_tokens: int,
         budget: Budget,
         branch_continuations: int,
+        max_new_tokens: int = 0,
         nodes_per_window: int = 2,
         value_continuations: int = 4,
         refine_nodes: int = 4,
         min_abs_dv: float = 0.0,
     ) -> None:
         super().__init__(
-            n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations
+            n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations, max_new_tokens=max_new_tokens
         )
         if nodes_per_window < 1:
             raise ValueError(f"nodes_per_window must be >= 1, got {nodes_per_window}")
@@ -396,7 +465,7 @@ class RefineSelector(Selector):
         return Cost(sum(c.tokens for c in costs), sum(c.continuations for c in costs))
 
     def _try_query(self, position: int, a_min: int) -> bool:
-        q = query_cost(self.n_tokens, position, self.value_continuations)
+        q = query_cost(self.n_tokens, position, self.value_continuations, self.max_new_tokens)
         r = self._reserve(a_min)
         if not self.budget.fits(self._q_tokens + r.tokens, self._q_conts + r.continuations,
                                 q.tokens, q.continuations):
@@ -520,7 +589,9 @@ class RefineSelector(Selector):
                 self._dropped += 1
                 log.info("refine: budget %s dropped final node %d", self.budget, choice.position)
         queries = tuple(ValueQuery(t, o.successes, o.n) for t, o in sorted(self._obs.items()))
-        return SelectionPlan(tuple(nodes), tokens, conts, self._dropped, queries)
+        return SelectionPlan(tuple(nodes), tokens, conts, self._dropped, queries,
+                             asked=min(self.refine_nodes, self.n_tokens), query_tokens=self._q_tokens,
+                             query_continuations=self._q_conts)
 
 
 # ----------------------------------------------------------------------------- factory
@@ -536,12 +607,15 @@ def make_selector(
     nodes_per_window: int = 2,
     value_continuations: int = 4,
     refine_nodes: int = 4,
+    max_new_tokens: int = 0,
 ) -> Selector:
     """Build a selector for one rollout. `kind` is one of SELECTOR_KINDS; "stride:S" also works.
 
-    `stride` is required for kind "stride" and ignored otherwise.
+    `stride` is required for kind "stride" and ignored otherwise. `max_new_tokens` > 0 prices
+    continuations at their true cap (see `continuation_tokens`).
     """
-    base = dict(n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations)
+    base = dict(n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations,
+                max_new_tokens=max_new_tokens)
     if kind.startswith("stride:"):
         kind, stride = "stride", int(kind.split(":", 1)[1])
     if kind == "every":

@@ -95,16 +95,22 @@ def rock_tokens(tokens, *, min_freq: int = 2, drop_top: int = 5, top_n: int = 20
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
-def rock_summary(tokens, alignment, rocks, *, metric: str = "cos", loss: str | None = "sampled_token"):
+def rock_summary(tokens, alignment, rocks, *, metric: str = "cos", loss: str | None = "sampled_token", n_boot: int = 500,
+                 ci: float = 0.95, seed: int = 0):
     """What rock-token types (from `rock_tokens`) account for, per config.
 
     Columns: config, n_types, share_tokens (of all tokens), share_kl (of the summed exact per-token
     KL(p||q) of the tokens table: the corpus-level KL of the paper), share_norm_est (of the summed estimated sampled-token OPD norm over all tokens, see
     `opd_norm_estimate`), share_norm_branched (of the summed exact alignment.norm_distill of `loss`
-    at branched nodes only), loss, n_nodes_rock, mean_alignment_rock, mean_alignment_other.
+    at branched nodes only), loss, n_nodes_rock, mean_alignment_rock, mean_alignment_other, then
+    n_tokens (the config's tokens), n_nodes (its branched nodes of `loss`) and, for each share,
+    `<share>_low` / `<share>_high`: its percentile interval from resampling questions
+    (`stats.ratio_interval`, `n_boot` replicates, seeded).
     `loss` None or absent from the run falls back to `default_loss`.
     """
     import pandas as pd
+
+    from gradalign.analysis.stats import ratio_interval
 
     _check_metric(alignment, metric)
     if loss is None or loss not in set(alignment["loss"]):
@@ -133,5 +139,13 @@ def rock_summary(tokens, alignment, rocks, *, metric: str = "cos", loss: str | N
             "loss": loss, "n_nodes_rock": int(ar.sum()),
             "mean_alignment_rock": float(am.loc[am["rock"], metric].mean()) if am["rock"].any() else math.nan,
             "mean_alignment_other": float(am.loc[~am["rock"], metric].mean()) if (~am["rock"]).any() else math.nan,
+            "n_tokens": len(tc), "n_nodes": len(ac),
         })
+        kw = dict(n_boot=n_boot, ci=ci, seed=seed)
+        for name, num, den, q in (("share_tokens", r.astype(float), pd.Series(1.0, index=tc.index), tc["question_id"]),
+                                  ("share_kl", tc["kl_pq"].where(r, 0.0), tc["kl_pq"], tc["question_id"]),
+                                  ("share_norm_est", tc["norm_est"].where(r, 0.0), tc["norm_est"], tc["question_id"]),
+                                  ("share_norm_branched", ac["norm_distill"].where(ar, 0.0), ac["norm_distill"],
+                                   ac["question_id"])):
+            rows[-1][f"{name}_low"], rows[-1][f"{name}_high"] = ratio_interval(num, den, q, **kw)
     return pd.DataFrame(rows)

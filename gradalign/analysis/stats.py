@@ -2,7 +2,7 @@
 
 Owns: `cluster_bootstrap` (group means with a percentile interval from resampling whole clusters,
 by default questions, never tokens), `bootstrap_ci` (the same for one flat list, as an
-`Interval`) and `spearman` (rank correlation with average ranks for ties).
+`Interval`), `ratio_interval` (a ratio of sums, e.g. a share, with the same resampling) and `spearman` (rank correlation with average ranks for ties).
 
 Does not own: which groups or columns an analysis bootstraps (the family modules decide), nor
 validation of metric or loss names (`schema`).
@@ -97,6 +97,27 @@ def bootstrap_ci(values, clusters, *, n_boot: int = 2000, ci: float = 0.95, seed
         return Interval(math.nan, math.nan, math.nan, 0, 0)
     row = r.iloc[0]
     return Interval(float(row["mean"]), float(row.ci_low), float(row.ci_high), int(row.n), int(row.n_clusters))
+
+
+def ratio_interval(num, den, clusters, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of sum(num) / sum(den) when whole clusters (one label per row) are resampled
+    with replacement; (NaN, NaN) without rows or when every replicate's denominator is 0."""
+    import numpy as np
+    import pandas as pd
+
+    d = pd.DataFrame({"n": np.asarray(num, dtype=float), "d": np.asarray(den, dtype=float), "c": list(clusters)})
+    if d.empty:
+        return math.nan, math.nan
+    g = d.groupby("c", sort=True)[["n", "d"]].sum().to_numpy()
+    Q = len(g)
+    W = np.random.default_rng(seed).multinomial(Q, np.full(Q, 1.0 / Q), size=n_boot).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (W @ g[:, 0]) / (W @ g[:, 1])
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return math.nan, math.nan
+    lo, hi = np.quantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return float(lo), float(hi)
 
 
 def spearman(x, y) -> float:

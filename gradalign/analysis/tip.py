@@ -88,15 +88,22 @@ def tip_quadrants(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5,
     return out
 
 
-def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: str | None = None):
-    """Share of tokens and mean alignment per config x loss x TIP quadrant.
+def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: str | None = None, n_boot: int = 1000,
+                     ci: float = 0.95, seed: int = 0):
+    """Share of tokens and mean alignment per config x loss x TIP quadrant, with intervals.
 
     `quadrant_tokens` comes from `tip_quadrants`. Alignment is only known at branched nodes, so the
     mean joins alignment rows (of `loss`, or every loss) to the token row of the same node and config.
     Returns config, loss, quadrant, n_tokens, share_tokens (within the config), mean_entropy,
-    mean_divergence, n_nodes, mean_alignment.
+    mean_divergence, n_nodes, mean_alignment, then the intervals: ci_low, ci_high (of
+    mean_alignment) and share_low, share_high (of share_tokens), both percentile intervals of a
+    cluster bootstrap that resamples questions (`stats.cluster_bootstrap`; the share as a ratio of
+    the drawn questions' token counts).
     """
+    import numpy as np
     import pandas as pd
+
+    from gradalign.analysis.stats import cluster_bootstrap
 
     _check_metric(alignment, metric)
     _require(quadrant_tokens, [*TOKEN_KEY, "quadrant", "divergence"], "quadrant tokens")
@@ -107,6 +114,20 @@ def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: s
     total = qt.groupby("config").size()
     j = a.merge(qt[[*TOKEN_KEY, "quadrant"]].drop_duplicates(TOKEN_KEY), on=TOKEN_KEY, how="inner").dropna(subset=[metric])
     al = j.groupby(["config", "loss", "quadrant"])[metric].agg(["count", "mean"])
+    cib = cluster_bootstrap(j, metric, ["config", "loss", "quadrant"], n_boot=n_boot, ci=ci, seed=seed)
+    cib = cib.set_index(["config", "loss", "quadrant"]) if len(cib) else None
+    # share of tokens per quadrant: token counts per (question, config, quadrant), questions resampled
+    cnt = qt.groupby(["config", "question_id", "quadrant"]).size().unstack("quadrant", fill_value=0)
+    cnt = cnt.reindex(columns=list(QUADRANTS), fill_value=0)
+    share_iv: dict[tuple[str, str], tuple[float, float]] = {}
+    rng = np.random.default_rng(seed)
+    for config, g in cnt.groupby(level="config"):
+        c = g.to_numpy(dtype=float)  # questions x 4
+        W = rng.multinomial(len(c), np.full(len(c), 1.0 / len(c)), size=n_boot).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = (W @ c) / (W @ c.sum(1))[:, None]
+        lo, hi = np.nanquantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+        share_iv.update({(config, qd): (float(lo[k]), float(hi[k])) for k, qd in enumerate(QUADRANTS)})
     rows = []
     for config in sorted(set(qt["config"])):
         for ls in sorted(set(a["loss"])):
@@ -119,6 +140,11 @@ def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: s
                     "mean_divergence": float(tok["mean_divergence"].get((config, qd), math.nan)),
                     "n_nodes": int(al["count"].get((config, ls, qd), 0)),
                     "mean_alignment": float(al["mean"].get((config, ls, qd), math.nan)),
+                    "ci_low": float(cib["ci_low"].get((config, ls, qd), math.nan)) if cib is not None else math.nan,
+                    "ci_high": float(cib["ci_high"].get((config, ls, qd), math.nan)) if cib is not None else math.nan,
+                    "share_low": share_iv.get((config, qd), (math.nan, math.nan))[0],
+                    "share_high": share_iv.get((config, qd), (math.nan, math.nan))[1],
                 })
     return pd.DataFrame(rows, columns=["config", "loss", "quadrant", "n_tokens", "share_tokens", "mean_entropy",
-                                       "mean_divergence", "n_nodes", "mean_alignment"])
+                                       "mean_divergence", "n_nodes", "mean_alignment", "ci_low", "ci_high", "share_low",
+                                       "share_high"])

@@ -56,10 +56,12 @@ def question_winners(alignment, *, metric: str = "cos", loss: str | None = None)
 def winner_shares(winners):
     """Share of questions each config wins, per loss (from `question_winners`).
 
-    Returns loss, config, wins, questions, share; every config appears (0 wins included),
-    best first within a loss.
+    Returns loss, config, wins, questions, share, share_low, share_high (the Wilson 95% interval of
+    wins / questions); every config appears (0 wins included), best first within a loss.
     """
     import pandas as pd
+
+    from gradalign.estimates import wilson_interval
 
     configs = [c for c in winners.columns if c not in ("loss", "question_id", "winner", "margin")]
     rows = []
@@ -69,8 +71,10 @@ def winner_shares(winners):
         counts = g["winner"].value_counts()
         for c in configs:
             w = int(counts.get(c, 0))
-            rows.append({"loss": loss, "config": c, "wins": w, "questions": n, "share": w / n if n else math.nan})
-    out = pd.DataFrame(rows, columns=["loss", "config", "wins", "questions", "share"])
+            iv = wilson_interval(w, n) if n else None
+            rows.append({"loss": loss, "config": c, "wins": w, "questions": n, "share": w / n if n else math.nan,
+                         "share_low": iv.low if iv else math.nan, "share_high": iv.high if iv else math.nan})
+    out = pd.DataFrame(rows, columns=["loss", "config", "wins", "questions", "share", "share_low", "share_high"])
     return out.sort_values(["loss", "wins", "config"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
 
 

@@ -9,6 +9,10 @@ to draw (selection, branching) nor the grader itself (`gradalign.graders`).
 
 Token budget: every continuation has allowance max_new_tokens - len(head), so a continuation at
 completion position t faces the same length limit as the rollout it estimates.
+
+Progress: `continue_and_grade` works in chunks of whole sampler batches (about 20 per call) and
+reports each to `gradalign.progress.advance` (continuations and generated tokens), so a long stage
+shows live counts, tokens/s and an ETA.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from gradalign import progress
 from gradalign.pipeline.resources import Resources
 from gradalign.sampling import Completion, stable_seed
 from gradalign.tables import RolloutRow
@@ -45,7 +50,23 @@ class Outcome:
     reason: str  # grader reason, prefixed "truncated" when cut
 
 
+PROGRESS_CHUNKS = 20  # continue_and_grade reports about this many times per call
+
+
 def continue_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Outcome]:
+    """Outcomes of every item, in order: `_sample_and_grade` over chunks of whole sampler batches (at
+    least 4 batches, about PROGRESS_CHUNKS chunks), each reported to `progress.advance`."""
+    bs = max(1, res.cfg.sampling.batch_size)
+    chunk = bs * max(4, -(-len(items) // (PROGRESS_CHUNKS * bs)))
+    out: list[Outcome] = []
+    for i in range(0, len(items), chunk):
+        part = _sample_and_grade(res, items[i : i + chunk])
+        progress.advance(len(part), sum(len(o.completion.token_ids) for o in part))
+        out += part
+    return out
+
+
+def _sample_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Outcome]:
     """Sample every item in one batched sampler call, grade all in one pass; outcomes in order."""
     from gradalign.graders import GradeItem
 

@@ -48,6 +48,7 @@ class ReportContext:
     configs: list[str]            # configs of the tokens and alignment tables, sorted
     headlines: tuple[str, ...]
     figures: dict[str, Path]      # figure name -> PNG written beside the page
+    caveats: tuple = ()           # `analysis.Caveat` records shown at the top (analysis.run_caveats)
 
 
 def task_name(tables) -> str:
@@ -83,9 +84,25 @@ def report_data(tables, options: ReportOptions = ReportOptions()) -> ReportData:
     correlations = A.divergence_correlations(a, t, metric=o.metric)
     thresholds = A.tip_thresholds(t, divergence=o.divergence, h_quantile=o.h_quantile, d_quantile=o.d_quantile)
     qt = A.tip_quadrants(t, divergence=o.divergence, h_quantile=o.h_quantile, d_quantile=o.d_quantile)
-    quadrants = A.quadrant_summary(qt, a, metric=o.metric)
+    quadrants = A.quadrant_summary(qt, a, metric=o.metric, n_boot=nb, ci=o.ci, seed=o.seed)
     rocks = A.rock_tokens(t, min_freq=o.rock_min_freq, drop_top=o.rock_drop_top, top_n=o.rock_top_n)
-    rsum = A.rock_summary(t, a, rocks, metric=o.metric, loss=o.rock_loss)
+    rsum = A.rock_summary(t, a, rocks, metric=o.metric, loss=o.rock_loss, n_boot=nb, ci=o.ci, seed=o.seed)
     norm_check = A.opd_norm_check(t, a)
     return ReportData(loss, ranking, winners, shares, position, decisive, correlations, thresholds, quadrants, rocks, rsum,
-                      norm_check, {"quadrant_tokens": qt})
+                      norm_check, {"quadrant_tokens": qt, **separation_data(tables, ranking, loss, o)})
+
+
+def separation_data(tables, ranking, loss: str, o: ReportOptions) -> dict:
+    """The report's separation numbers: "separation", the paired difference of the top two ranking rows
+    (None with one row); "tie", the best config of `loss` against the config it is not separated
+    from (`analysis.tie_partner`, None when none ties); "disagreements", the nodes where that pair
+    differs most (`analysis.disagreement_nodes`, empty without a tie)."""
+    a = tables.alignment
+    kw = dict(metric=o.metric, n_boot=o.n_boot, ci=o.ci, seed=o.seed)
+    top = ranking.head(2)
+    sep = (A.paired_difference(a, (top.iloc[0].config, top.iloc[0].loss), (top.iloc[1].config, top.iloc[1].loss), **kw)
+           if len(top) == 2 else None)
+    tie = A.tie_partner(a, ranking, loss, **kw)
+    dis = (A.disagreement_nodes(a, tables.tokens, tie.a[0], tie.b[0], loss, metric=o.metric) if tie is not None
+           else A.disagreement_nodes(a, tables.tokens, "", "", loss, metric=o.metric))
+    return {"separation": sep, "tie": tie, "disagreements": dis}

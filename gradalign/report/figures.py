@@ -32,6 +32,24 @@ def _plt():
     return plt
 
 
+def _err(mean, low, high):
+    """Matplotlib yerr/xerr (below, above) from a mean and its interval; 0 where unknown."""
+    m = mean.astype(float)
+    return [(m - low.astype(float)).clip(lower=0).fillna(0), (high.astype(float) - m).clip(lower=0).fillna(0)]
+
+
+def _n_labels(ax, xs, tops, ns, *, fontsize: float = 5.5) -> None:
+    """Write "n=N" above each bar (at the top of its interval), so every bar says what it rests on."""
+    import math
+
+    for x, top, n in zip(xs, tops, ns):
+        if n is None or n != n:
+            continue
+        top = 0.0 if top is None or (isinstance(top, float) and math.isnan(top)) else float(top)
+        ax.annotate(f"n={int(n)}", (x, max(top, 0.0)), xytext=(0, 1.5), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=fontsize, rotation=90, color="#444")
+
+
 def config_colors(configs: Sequence[str]) -> dict[str, str]:
     """One tab10 colour per config, in sorted order (the same config keeps its colour in every figure)."""
     import matplotlib
@@ -106,7 +124,8 @@ def fig_winners(winners, shares, loss: str, path: Path, colors: dict, *, max_row
 
 
 def _share_bars(ax, shares, loss: str, configs: list[str]) -> None:
-    """Grouped bars: share of questions each config wins, one bar per loss (`loss` outlined)."""
+    """Grouped bars: share of questions each config wins, one bar per loss (`loss` outlined), with
+    Wilson 95% intervals and the number of questions."""
     import numpy as np
 
     losses = sorted(set(shares["loss"]))
@@ -114,12 +133,14 @@ def _share_bars(ax, shares, loss: str, configs: list[str]) -> None:
     for i, ls in enumerate(losses):
         s = shares[shares["loss"] == ls].set_index("config").reindex(configs)
         xs = np.arange(len(configs)) + (i - (len(losses) - 1) / 2) * width
-        ax.bar(xs, s["share"].fillna(0), width, label=ls, edgecolor="black" if ls == loss else "none", lw=0.8,
+        ax.bar(xs, s["share"].fillna(0), width, yerr=_err(s["share"], s["share_low"], s["share_high"]), capsize=1.5,
+               error_kw={"lw": 0.6}, label=ls, edgecolor="black" if ls == loss else "none", lw=0.8,
                alpha=1.0 if ls == loss else 0.55)
+        _n_labels(ax, xs, s["share_high"], s["questions"].fillna(0))
     ax.set_xticks(range(len(configs)))
     ax.set_xticklabels(configs, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of questions where the config aligns best")
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("share of questions where the config aligns best (95% Wilson; n = questions)")
     ax.axhline(1.0, color="grey", lw=0.6, ls=":")
     ax.legend(fontsize=7, frameon=False, title="loss", title_fontsize=7)
     ax.set_title("Share of questions won")
@@ -182,9 +203,9 @@ def _decisive_bars(ax, d, loss: str, colors: dict, metric: str, top: int) -> Non
     for k, (flag, label, hatch) in enumerate(((True, f"decisive (top {top} |ΔV| per rollout)", None), (False, "other nodes", "//"))):
         s = d[d["decisive"] == flag].set_index("config").reindex(configs)
         m = s["mean"].astype(float)
-        err = [(m - s["ci_low"].astype(float)).clip(lower=0).fillna(0), (s["ci_high"].astype(float) - m).clip(lower=0).fillna(0)]
-        ax.bar(xs + (k - 0.5) * 0.38, m.fillna(0), 0.38, yerr=err, capsize=2, label=label,
+        ax.bar(xs + (k - 0.5) * 0.38, m.fillna(0), 0.38, yerr=_err(m, s["ci_low"], s["ci_high"]), capsize=2, label=label,
                color=[colors[c] for c in configs], alpha=1.0 if flag else 0.45, hatch=hatch, edgecolor="black", lw=0.4)
+        _n_labels(ax, xs + (k - 0.5) * 0.38, s["ci_high"], s["n"].fillna(0))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(xs)
     ax.set_xticklabels(configs, rotation=20, ha="right")
@@ -233,7 +254,8 @@ def fig_token_types(quadrants, rock_summary, loss: str, path: Path, colors: dict
 
 
 def _quadrant_bars(ax1, ax2, q, loss: str, colors: dict, metric: str) -> None:
-    """Per TIP quadrant and config: mean alignment at branched nodes (ax1) and share of tokens (ax2)."""
+    """Per TIP quadrant and config: mean alignment at branched nodes (ax1, n = nodes) and share of
+    tokens (ax2, n = tokens), each with its question-resampled interval."""
     import numpy as np
 
     configs = sorted(colors)
@@ -242,17 +264,21 @@ def _quadrant_bars(ax1, ax2, q, loss: str, colors: dict, metric: str) -> None:
     for i, c in enumerate(configs):
         s = q[q["config"] == c].set_index("quadrant").reindex(list(A.QUADRANTS))
         off = (i - (len(configs) - 1) / 2) * width
-        ax1.bar(xs + off, s["mean_alignment"].fillna(0), width, color=colors[c], label=c)
-        ax2.bar(xs + off, s["share_tokens"].fillna(0), width, color=colors[c], label=c)
+        ax1.bar(xs + off, s["mean_alignment"].fillna(0), width, color=colors[c], label=c, capsize=1.5, error_kw={"lw": 0.6},
+                yerr=_err(s["mean_alignment"], s["ci_low"], s["ci_high"]))
+        ax2.bar(xs + off, s["share_tokens"].fillna(0), width, color=colors[c], label=c, capsize=1.5, error_kw={"lw": 0.6},
+                yerr=_err(s["share_tokens"], s["share_low"], s["share_high"]))
+        _n_labels(ax1, xs + off, s["ci_high"], s["n_nodes"])
+        _n_labels(ax2, xs + off, s["share_high"], s["n_tokens"])
     labels = [f"{k}\n{A.QUADRANT_NAMES[k].split(' (')[0]}" for k in A.QUADRANTS]
     for ax in (ax1, ax2):
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=7)
     ax1.axhline(0, color="grey", lw=0.8)
-    ax1.set_ylabel(f"mean {metric} ({loss}) at branched nodes")
+    ax1.set_ylabel(f"mean {metric} ({loss}) at branched nodes\n(interval: questions resampled; n = nodes)", fontsize=8)
     ax1.set_title("TIP quadrants: alignment")
     ax1.legend(fontsize=7, frameon=False)
-    ax2.set_ylabel("share of the config's tokens")
+    ax2.set_ylabel("share of the config's tokens\n(interval: questions resampled; n = tokens)", fontsize=8)
     ax2.set_title("TIP quadrants: share of tokens")
 
 
@@ -267,10 +293,15 @@ def _rock_bars(ax, rock_summary, colors: dict) -> None:
     xs = np.arange(len(cols))
     for i, c in enumerate(configs):
         s = rock_summary[rock_summary["config"] == c]
-        vals = [float(s[k].iloc[0]) if len(s) else 0.0 for k, _ in cols]
-        ax.bar(xs + (i - (len(configs) - 1) / 2) * width, np.nan_to_num(vals), width, color=colors[c], label=c)
+        get = lambda k: float(s[k].iloc[0]) if len(s) and k in s else float("nan")  # noqa: E731
+        vals = np.array([get(k) for k, _ in cols])
+        lo, hi = np.array([get(f"{k}_low") for k, _ in cols]), np.array([get(f"{k}_high") for k, _ in cols])
+        err = [np.nan_to_num(np.clip(vals - lo, 0, None)), np.nan_to_num(np.clip(hi - vals, 0, None))]
+        x = xs + (i - (len(configs) - 1) / 2) * width
+        ax.bar(x, np.nan_to_num(vals), width, yerr=err, capsize=1.5, error_kw={"lw": 0.6}, color=colors[c], label=c)
+        _n_labels(ax, x, hi, [get("n_tokens")] * 3 + [get("n_nodes")])
     ax.set_xticks(xs)
     ax.set_xticklabels([lbl for _, lbl in cols], fontsize=7, rotation=10)
-    ax.set_ylabel("share taken by rock-token candidates")
+    ax.set_ylabel("share taken by rock-token candidates\n(interval: questions resampled; n = tokens / nodes)", fontsize=8)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_title("Rock-token candidates")

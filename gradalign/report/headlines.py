@@ -2,7 +2,7 @@
 
 Owns: `headlines` (one list of sentences, shown on the page, in summary.md and by the CLI), built
 from one small function per topic: ranking, questions won, decisive nodes, divergence, TIP
-quadrants, rock tokens, and a warning when there are few questions.
+quadrants, rock tokens, and where two configs that tie on average differ (`tie_lines`). Warnings (few questions, ...) are `analysis.run_caveats`, shown above these.
 
 Does not own: any statistic (every number is already in `ReportData`), or markup.
 """
@@ -18,26 +18,48 @@ from gradalign.report.rows import MEASURE_LABELS, fmt_ci, fmt_num, fmt_pct
 def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
     """The few sentences a reader should take away, computed from the report's tables."""
     m = options.metric
-    return [*_ranking_lines(data.ranking, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
-            *_quadrant_lines(data, m), *_rock_lines(data, options), *_size_lines(tables)]
+    return [*_ranking_lines(data, m), *tie_lines(data, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
+            *_quadrant_lines(data, m), *_rock_lines(data, options)]
 
 
-def _ranking_lines(r, m: str) -> list[str]:
-    """Best and worst config x loss, whether the top two separate, correct vs incorrect rollouts."""
-    out = []
+def _ranking_lines(data: ReportData, m: str) -> list[str]:
+    """Best and worst config x loss, whether the top two separate (paired difference over the same
+    questions, not overlapping marginal intervals), correct vs incorrect rollouts."""
+    r, out = data.ranking, []
     if len(r):
         b, w = r.iloc[0], r.iloc[-1]
         out.append(f"Best: {b.config} with {b.loss}, mean {m} {fmt_ci(b['mean'], b.ci_low, b.ci_high)} over {b.n} nodes in "
                    f"{b.n_questions} questions; worst: {w.config} with {w.loss}, {fmt_ci(w['mean'], w.ci_low, w.ci_high)}.")
-        overlap = (r["ci_low"].iloc[0] <= r["ci_high"].iloc[1]) if len(r) > 1 else False
-        if overlap:
-            out.append(f"The top two intervals overlap ({r.iloc[0].config}/{r.iloc[0].loss} vs {r.iloc[1].config}/{r.iloc[1].loss}): "
-                       f"the data do not separate them.")
+        s = data.extras.get("separation")
+        if s is not None and s.n_questions:
+            verdict = (f"{s.a[0]}/{s.a[1]} is ahead" if s.diff > 0 else f"{s.b[0]}/{s.b[1]} is ahead") if s.separated \
+                else "the data do not separate them"
+            out.append(f"Top two: {s.a[0]}/{s.a[1]} minus {s.b[0]}/{s.b[1]} = {fmt_ci(s.diff, s.low, s.high)} over "
+                       f"{s.n_questions} shared questions (paired: both means on the same resampled questions): {verdict}.")
         both = r.dropna(subset=["mean_correct", "mean_incorrect"])
         if len(both):
             k = int((both["mean_incorrect"] > both["mean_correct"]).sum())
             out.append(f"Alignment is higher on incorrect than on correct rollouts for {k} of {len(both)} config x loss pairs.")
     return out
+
+
+def tie_lines(data: ReportData, m: str) -> list[str]:
+    """When the best config of the report's loss ties with another on average (paired interval
+    covers 0), say where they still differ: the nodes with the largest alignment gap, and the first
+    of them as an example (token, the text before it, both alignments and both teachers' q(y))."""
+    s, dis = data.extras.get("tie"), data.extras.get("disagreements")
+    if s is None or dis is None or not len(dis):
+        return []
+    a, b = s.a[0], s.b[0]
+    low_b = int((dis["gap"] > 0).sum())
+    worse, better = (b, a) if low_b >= len(dis) - low_b else (a, b)
+    x = dis.iloc[0]
+    w_first, b_first = (x.metric_b, x.metric_a) if worse == b else (x.metric_a, x.metric_b)
+    return [f"{a} and {b} tie on average ({data.loss}: {a} − {b} = {fmt_ci(s.diff, s.low, s.high)} over {s.n_questions} "
+            f"questions), yet they part at {len(dis)} nodes (|Δ{m}| > 0.25), {max(low_b, len(dis) - low_b)} of them with "
+            f"{worse} lower: the average hides that {worse} is far less aligned exactly there. Largest: token "
+            f"{str(x.token_text)!r} after {str(x.context)!r} ({worse} {fmt_num(w_first)} vs {better} {fmt_num(b_first)}); "
+            f"all such nodes are listed under “Where {a} and {b} differ”."]
 
 
 def _winner_lines(data: ReportData) -> list[str]:
@@ -104,10 +126,3 @@ def _rock_lines(data: ReportData, options: ReportOptions) -> list[str]:
             f"{fmt_pct(rs['share_kl'].mean())} of summed KL(p||q) and {fmt_pct(rs['share_norm_est'].mean())} of the estimated "
             f"sampled-token OPD gradient norm (means over configs)."]
 
-
-def _size_lines(tables) -> list[str]:
-    """A warning when the run has too few questions for firm intervals."""
-    nq = tables.rollouts["question_id"].nunique()
-    if nq < 20:
-        return [f"Only {nq} questions: intervals are wide; treat the ranking as provisional and run more questions."]
-    return []

@@ -1,6 +1,6 @@
 """summary.md: the key tables and take-aways in Markdown, linking the PNGs beside it.
 
-Owns: Markdown tables (pipes escaped) and the order of summary.md's sections: head, take-aways,
+Owns: Markdown tables (pipes escaped) and the order of summary.md's sections: head, warnings, take-aways,
 ranking, questions won, along the rollout, divergence vs alignment, token types.
 
 Does not own: the rows it shows (`rows`, shared with the page), the figures (`figures`; linked by
@@ -17,6 +17,8 @@ from gradalign.report.rows import (
     correlation_header,
     correlation_rows,
     counts_line,
+    disagreement_header,
+    disagreement_rows,
     quadrant_header,
     quadrant_pivot_rows,
     ranking_rows,
@@ -52,12 +54,21 @@ def _head(ctx: ReportContext) -> list[str]:
                                       f"`{ctx.data.loss}`. Full page: [index.html](index.html).")
 
 
+def _warnings(ctx: ReportContext) -> list[str]:
+    return ["## Warnings", "", *[f"- {c.message}" for c in ctx.caveats], ""] if ctx.caveats else []
+
+
 def _takeaways(ctx: ReportContext) -> list[str]:
     return ["## Take-aways", "", *[f"- {h}" for h in ctx.headlines], ""]
 
 
 def _ranking(ctx: ReportContext) -> list[str]:
-    return _section("## Ranking", "![ranking](ranking.png)", _md_table(RANK_HEADER, ranking_rows(ctx.data.ranking)))
+    out = _section("## Ranking", "![ranking](ranking.png)", _md_table(RANK_HEADER, ranking_rows(ctx.data.ranking)))
+    tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
+    if tie is not None and dis is not None and len(dis):
+        out += _section(f"### Where {tie.a[0]} and {tie.b[0]} differ ({ctx.data.loss})",
+                        _md_table(disagreement_header(tie, ctx.options.metric), disagreement_rows(dis)))
+    return out
 
 
 def _winners(ctx: ReportContext) -> list[str]:
@@ -83,4 +94,4 @@ def _token_types(ctx: ReportContext) -> list[str]:
                     _md_table(rock_header, rock_summary_rows(d.rock_summary)))
 
 
-SECTIONS = (_head, _takeaways, _ranking, _winners, _position, _divergence, _token_types)
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _divergence, _token_types)

@@ -45,3 +45,4 @@ class ReportFiles:
     markdown: Path
     figures: tuple[Path, ...]
     headlines: tuple[str, ...]
+    caveats: tuple = ()  # `analysis.Caveat` records shown at the report's top

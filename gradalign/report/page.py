@@ -3,7 +3,7 @@
 Owns: the page's CSS, the figures inlined as data URIs, HTML tables (escaped unless told otherwise),
 the run metadata line and the configs table, the tables shown only on the page (per-question means,
 position, decisive nodes, quadrant details, thresholds, rock candidates) and the explanatory notes.
-`render_page` joins the sections in order: head, take-aways, 1 ranking, 2 winners, 3 position,
+`render_page` joins the sections in order: head, warnings (`analysis.run_caveats`), take-aways, 1 ranking, 2 winners, 3 position,
 4 token heatmaps, 5 divergence, 6 token types (TIP quadrants, then rock tokens), configs, footer.
 No JavaScript, no network, no CDN: hover details are `title` attributes.
 
@@ -26,6 +26,8 @@ from gradalign.report.rows import (
     correlation_header,
     correlation_rows,
     counts_line,
+    disagreement_header,
+    disagreement_rows,
     fmt_ci,
     fmt_num,
     fmt_pct,
@@ -54,6 +56,8 @@ table.tbl{border-collapse:collapse;font-size:12px;margin:8px 0} .tbl th,.tbl td{
 .legend{font-size:12px;display:flex;flex-wrap:wrap;align-items:center;gap:6px;margin:6px 0}
 .legend .bar{display:inline-block;width:160px;height:12px;border:1px solid #aaa}
 .win{font-weight:bold;background:#fff3c4}
+.warn{background:#fff4e5;border:1px solid #f0b429;border-radius:4px;padding:6px 12px;margin:10px 0;font-size:13px}
+.warn ul{margin:4px 0;padding-left:20px}
 """
 
 
@@ -112,6 +116,14 @@ def _head(ctx: ReportContext) -> list[str]:
             f"<code>{ctx.data.loss}</code>.<br>{'<br>'.join(run_lines)}</p>"]
 
 
+def _warnings(ctx: ReportContext) -> list[str]:
+    """The run's caveats (`analysis.run_caveats`), above everything they qualify; nothing when none apply."""
+    if not ctx.caveats:
+        return []
+    return ["<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(c.message)}</li>" for c in ctx.caveats)
+            + "</ul></div>"]
+
+
 def _takeaways(ctx: ReportContext) -> list[str]:
     return ["<h2>Take-aways</h2><ul class='head'>" + "".join(f"<li>{html.escape(h)}</li>" for h in ctx.headlines) + "</ul>"]
 
@@ -126,7 +138,21 @@ def _ranking(ctx: ReportContext) -> list[str]:
             f"replicates that resample questions (not tokens), seed {o.seed}. Split by the rollout's verdict. "
             f"{len(undefined)} of {len(a)} node x config x loss rows have an undefined {m} and are left out"
             f"{' (reasons: ' + html.escape(why) + ')' if why else ''}.</p>",
-            _img(ctx.figures["ranking"]) + _html_table(RANK_HEADER, ranking_rows(ctx.data.ranking))]
+            _img(ctx.figures["ranking"]) + _html_table(RANK_HEADER, ranking_rows(ctx.data.ranking)), *_differ(ctx)]
+
+
+def _differ(ctx: ReportContext) -> list[str]:
+    """The nodes where the best config and the one it ties with differ most (see `headlines.tie_lines`)."""
+    tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
+    if tie is None or dis is None or not len(dis):
+        return []
+    a, b, m = html.escape(tie.a[0]), html.escape(tie.b[0]), ctx.options.metric
+    return [f"<h3>Where {a} and {b} differ</h3>",
+            f"<p class='note'>{a} − {b} = {fmt_ci(tie.diff, tie.low, tie.high)} on average over {tie.n_questions} questions "
+            f"({html.escape(ctx.data.loss)}; paired interval, questions resampled for both), so neither is ahead; these are "
+            f"the nodes where their {m} differs by more than 0.25 (largest first, at most 20 of {len(dis)}), with the "
+            f"completion text before the token and each teacher's probability of the token the student took.</p>",
+            _html_table(disagreement_header(tie, m), disagreement_rows(dis))]
 
 
 def _winners(ctx: ReportContext) -> list[str]:
@@ -255,4 +281,4 @@ def _footer(ctx: ReportContext) -> list[str]:
             "</body></html>"]
 
 
-SECTIONS = (_head, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _configs, _footer)
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _configs, _footer)

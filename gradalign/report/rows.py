@@ -54,6 +54,19 @@ def ranking_rows(r) -> list[list[str]]:
             for x in r.itertuples()]
 
 
+def disagreement_header(tie, metric: str) -> list[str]:
+    a, b = tie.a[0], tie.b[0]
+    return ["question", "rollout", "position", "text before", "token", f"{metric} {a}", f"{metric} {b}", f"q_{a}(token)",
+            f"q_{b}(token)"]
+
+
+def disagreement_rows(dis, limit: int = 20) -> list[list[str]]:
+    """The nodes of `analysis.disagreement_nodes` (largest gap first, at most `limit`) as text."""
+    return [[str(x.question_id), str(x.rollout_id), str(x.position), repr(str(x.context)), repr(str(x.token_text)),
+             fmt_num(x.metric_a), fmt_num(x.metric_b), fmt_num(x.q_a, ".3f"), fmt_num(x.q_b, ".3f")]
+            for x in dis.head(limit).itertuples()]
+
+
 def shares_table(shares, configs) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the questions-won table: per config, share (wins) for every loss."""
     losses = sorted(set(shares["loss"]))

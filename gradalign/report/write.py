@@ -34,13 +34,13 @@ def build_report(tables, out_dir: str | Path, *, options: ReportOptions = Report
     configs = report_configs(tables)
     figures = write_figures(tables, data, options, configs, out)
     ctx = ReportContext(tables, data, options, title or f"gradalign report: {task}", configs,
-                        tuple(headlines(data, tables, options)), figures)
+                        tuple(headlines(data, tables, options)), figures, A.run_caveats(tables, metric=options.metric))
     html_path = out / "index.html"
     html_path.write_text(render_page(ctx), encoding="utf-8")
     md_path = out / "summary.md"
     md_path.write_text(render_summary(ctx), encoding="utf-8")
     log.info("report for %s written to %s", task, out)
-    return ReportFiles(task, out, html_path, md_path, tuple(figures.values()), ctx.headlines)
+    return ReportFiles(task, out, html_path, md_path, tuple(figures.values()), ctx.headlines, ctx.caveats)
 
 
 def write_reports(run_dirs: Sequence[str | Path], out: str | Path, *, options: ReportOptions = ReportOptions()) -> list[ReportFiles]:
