@@ -14,7 +14,8 @@ formulas (`gradalign.gradients`).
 Shapes: T completion positions of a rollout, V = V_tok = len(tokenizer), the ids all models share
 (a model's LM head may have more rows, V_head, as padding: they are cut off and the rest
 renormalised, `scoring.restrict_to_vocab`); node log-probs are [n_nodes, V_tok], temperature-scaled
-(z / tau) like the sampler's.
+(z / tau) like the sampler's: the student's at `sampling.temperature`, the teachers' at
+`distill.teacher_temperature` (0 = the same tau).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class Scores:
 def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[SelectionPlan]) -> Scores:
     """Score every rollout under the student and every config; keep full distributions at nodes."""
     from gradalign.scoring import PADDED_MASS_TOLERANCE, ScoreRequest, score
-    from gradalign.tasks import encode_prefix, render
+    from gradalign.tasks import encode_prefix, prefix_options, render
 
     cfg, tok = res.cfg, res.tokenizer
     tau, beta = cfg.sampling.temperature, cfg.distill.jsd_beta
+    tau_q = cfg.distill.teacher_temperature or tau  # teachers' softmax temperature (0 = the student's)
     cols: dict[str, list] = {f.name: [] for f in dataclasses.fields(TokenRow)}
     texts: dict[int, str] = {}  # token id -> decoded text, once per id
     prefix_hashes: dict[tuple[str, str], str] = {}
@@ -102,10 +104,10 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
             for i in idx:
                 r = rollouts[i]
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.question_id)
-                ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
+                ids = encode_prefix(tok, ctx, r.prompt_text, **prefix_options(cfg.task))
                 prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
                 treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
-            t_out = score(teacher.model, treq, temperature=tau, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
+            t_out = score(teacher.model, treq, temperature=tau_q, pad_id=tok.pad_token_id, keep_full=True, vocab_size=n_tok)
             for k, i in enumerate(idx):
                 r, s, t = rollouts[i], s_out[k], t_out[k]
                 padded(r, f"config {teacher.name!r}", t.padded_mass)

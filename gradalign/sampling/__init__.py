@@ -16,13 +16,15 @@ __all__ = ["BACKENDS", "Completion", "Sampler", "SamplingParams", "make_sampler"
 
 
 def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
-                 memory_fraction: float = 0.0, eager: bool = False) -> Sampler:
-    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`."""
+                 memory_fraction: float = 0.0, eager: bool = False, eos_ids: tuple[int, ...] = ()) -> Sampler:
+    """The sampler for `backend`; `student` is the loaded `models.LoadedModel`. `eos_ids`: every id that
+    ends a completion (`models.eos_token_ids`); () = the tokenizer's EOS only."""
     tok = student.tokenizer
+    eos = tuple(eos_ids) or (tok.eos_token_id,)
     if backend == "hf":
         from gradalign.sampling.hf import HFSampler
 
-        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id, vocab_size=len(tok))
+        return HFSampler(student.model, params, eos, tok.pad_token_id, vocab_size=len(tok))
     if backend == "vllm":
         from gradalign.sampling.vllm import VLLMSampler, gguf_as_folder
 
@@ -30,6 +32,6 @@ def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = 
         source = ref.source
         if ref.gguf_file:
             source = gguf_as_folder(student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
-        return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
+        return VLLMSampler(source, params, eos_id=eos, dtype=dtype, revision=ref.revision, seed=seed,
                            memory_fraction=memory_fraction, eager=eager)
     raise ValueError(f"sampling.backend: unknown backend {backend!r} ({' | '.join(BACKENDS)})")
