@@ -124,7 +124,7 @@ def _screen(cfg, who: str, samples: int, out: Optional[Path], keep: Optional[Pat
         task = preflight(cfg, check_tokenizers=False).task
         kept = {q.question_id for q in rates.questions if q.informative}
         rows = [r for r in task.rows if task.row_id(r) in kept]
-        keep.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        keep.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), encoding="utf-8")
         typer.echo(f"wrote {len(rows)} rows with 0 < rate < 1 to {keep} (set task.path to it)")
 
 
