@@ -70,7 +70,8 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         def resources(seed_shift: int):
             """The loaded resources with the recorded sampler, a fresh grader pool (no verdict cached by
             an earlier repeat) and the run seed shifted by `seed_shift`."""
-            pool = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field)
+            pool = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field,
+                              answer_delimiter=cfg.task.answer_delimiter)
             graders.append(pool)
             run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + seed_shift))
             return dataclasses.replace(loaded, cfg=run_cfg, sampler=recorder, grader=pool)

@@ -77,7 +77,7 @@ def _score_calls(res, rollouts, plans) -> list[tuple]:
     over prompt + completion with the plan's nodes, then each teacher over its rendered context +
     prompt + completion."""
     from gradalign.scoring import ScoreRequest
-    from gradalign.tasks import encode_prefix, render
+    from gradalign.tasks import encode_prefix, prefix_options, render
 
     cfg, tok = res.cfg, res.tokenizer
     kw = {"temperature": cfg.sampling.temperature, "pad_id": tok.pad_token_id, "keep_full": True, "vocab_size": len(tok)}
@@ -93,7 +93,7 @@ def _score_calls(res, rollouts, plans) -> list[tuple]:
             for i in idx:
                 r = rollouts[i]
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.question_id)
-                treq.append(ScoreRequest(encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat), r.token_ids, plans[i].positions))
+                treq.append(ScoreRequest(encode_prefix(tok, ctx, r.prompt_text, **prefix_options(cfg.task)), r.token_ids, plans[i].positions))
             calls.append((teacher.model, treq, kw))
     return calls
 

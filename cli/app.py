@@ -8,6 +8,7 @@ transformers and pandas happen inside commands so `gradalign --help` stays insta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from gradalign.cli.errors import GuardedGroup
@@ -50,23 +51,88 @@ def build_world(
 
 @app.command("accuracy")
 def accuracy(
-    model: str = typer.Option("student", help="bundled model name, local folder or HF id"),
-    context: str = typer.Option("none", help="context the model sees before the question: none, solution, summary, answer, example"),
-    n: int = typer.Option(200, help="questions from the test split (fixed order)"),
-    seed: int = typer.Option(0, help="sampling seed"),
-    all_: bool = typer.Option(False, "--all", help="every bundled model/context pair, as the Markdown table in data/README.md"),
+    config: Optional[Path] = typer.Argument(None, metavar="[CONFIG]", help="TOML run config: screen its task (without it: the embedded world)"),
+    who: str = typer.Option("student", "--config", help="with CONFIG: 'student' (prompt only) or a teacher config's name (its model and context)"),
+    samples: int = typer.Option(8, "--samples", help="with CONFIG: completions sampled and graded per question"),
+    set_: list[str] = typer.Option([], "--set", help="with CONFIG: override a config field, e.g. --set task.limit=32"),
+    out: Optional[Path] = typer.Option(None, "--out", help="with CONFIG: write the per-question rates as CSV here"),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="with CONFIG: write the task rows with 0 < rate < 1 as JSONL here (use as task.path)"),
+    model: str = typer.Option("student", help="embedded world: bundled model name, local folder or HF id"),
+    context: str = typer.Option("none", help="embedded world: context before the question: none, solution, summary, answer, example"),
+    n: int = typer.Option(200, help="embedded world: questions from the test split (fixed order)"),
+    seed: int = typer.Option(0, help="embedded world: sampling seed"),
+    all_: bool = typer.Option(False, "--all", help="embedded world: every bundled model/context pair, as the Markdown table in data/README.md"),
 ) -> None:
-    """Sampled accuracy (temperature 1) of a model on the bundled addition task under one context.
+    """Solve rate per question, to screen out questions with rate 0 or 1 (no signal) before a long run.
 
-    Example: gradalign accuracy --model student --context solution --n 200
+    With CONFIG: samples --samples completions per question of its task from the student (or from
+    the teacher config named by --config, under its context), with the config's prompt format,
+    sampling settings, EOS ids and grader (a truncated completion is a failure), and prints each
+    question's rate with its Wilson 95% interval and the mean over questions with its interval.
+    Without CONFIG: the embedded addition world's accuracy (--model, --context, --n, --all).
+
+    Example: gradalign accuracy data/configs/demo.toml --samples 16 --set task.limit=20 --keep screened.jsonl
     """
-    from gradalign.world import accuracy_on_test, accuracy_table
+    if config is None:
+        from gradalign.world import accuracy_on_test, accuracy_table
 
-    if all_:
-        typer.echo(accuracy_table(n=n, seed=seed))
+        if all_:
+            typer.echo(accuracy_table(n=n, seed=seed))
+            return
+        acc = accuracy_on_test(model, context, n=n, seed=seed)
+        typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
         return
-    acc = accuracy_on_test(model, context, n=n, seed=seed)
-    typer.echo(f"{acc.model}\t{acc.context}\t{acc.correct}/{acc.n}\t{acc.rate:.3f}\ttruncated={acc.truncated}")
+    _screen(_load_config(config, set_), who, samples, out, keep)
+
+
+def _screen(cfg, who: str, samples: int, out: Optional[Path], keep: Optional[Path]) -> None:
+    import json
+    import logging
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from gradalign.accuracy import solve_rates
+    from gradalign.errors import GradalignError
+
+    for p, flag in ((out, "--out"), (keep, "--keep")):
+        if p is not None and (p.is_dir() or not p.parent.is_dir()):
+            raise GradalignError(f"{flag} {p}: expected a file path in an existing folder")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import time
+
+    from gradalign.cli.progress import progress_display
+
+    from gradalign.progress import ProgressEvent
+
+    t0 = time.perf_counter()
+    with progress_display() as cb:
+        rates = solve_rates(cfg, who=who, samples=samples, progress=lambda done, total: cb(
+            ProgressEvent("questions", done, total, "questions", 0, time.perf_counter() - t0)))
+    table = Table(title=f"solve rate of {rates.who} ({rates.model}), {samples} samples per question")
+    for col in ("question", "correct / n", "rate", "95% interval", "truncated", "answers (first 4)"):
+        table.add_column(col, justify="left" if col in ("question", "answers (first 4)") else "right")
+    for q in rates.questions:
+        mark = "" if q.informative else "  (no signal)"
+        shown = ", ".join("-" if a is None else str(a)[:12] for a in q.answers[:4])
+        table.add_row(q.question_id + mark, f"{q.correct}/{q.n}", f"{q.rate:.2f}",
+                      f"[{q.interval.low:.2f}, {q.interval.high:.2f}]", str(q.truncated), shown)
+    Console().print(table)
+    m = rates.mean_interval
+    typer.echo(f"mean solve rate {rates.mean_rate:.3f} [{m.low:.3f}, {m.high:.3f}] over {len(rates.questions)} questions; "
+               f"{rates.n_informative} with 0 < rate < 1; {sum(q.correct == 0 for q in rates.questions)} at 0, "
+               f"{sum(q.correct == q.n for q in rates.questions)} at 1; {rates.seconds:.1f}s")
+    if out is not None:
+        rates.to_frame().to_csv(out, index=False)
+        typer.echo(f"wrote {out}")
+    if keep is not None:
+        from gradalign.preflight import preflight
+
+        task = preflight(cfg, check_tokenizers=False).task
+        kept = {q.question_id for q in rates.questions if q.informative}
+        rows = [r for r in task.rows if task.row_id(r) in kept]
+        keep.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), encoding="utf-8")
+        typer.echo(f"wrote {len(rows)} rows with 0 < rate < 1 to {keep} (set task.path to it)")
 
 
 def _render_summary(run) -> None:

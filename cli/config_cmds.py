@@ -1,4 +1,5 @@
-"""CLI command over run configs: `config` (explain every field, or print a config resolved).
+"""CLI commands over run configs: `config` (explain every field, or print a config resolved) and
+`init` (write a commented config with every key at its default).
 
 Owns: its option parsing and exit codes; `register(app)` adds it to the Typer app. Does not own the
 field docs or the TOML writer (both `gradalign.config`). Imports nothing heavy at import time.
@@ -45,6 +46,40 @@ def config(
     typer.echo(cfg.to_toml(), nl=False)
 
 
+def init(
+    path: Path = typer.Argument(Path("gradalign.toml"), metavar="[PATH]", help="file to write (default gradalign.toml)"),
+    force: bool = typer.Option(False, "--force", help="overwrite PATH if it exists"),
+) -> None:
+    """Write a commented run config: every section and key at its default, with its documentation.
+
+    The comments are the field docs `gradalign config --explain` prints, so they match this version.
+
+    Example: gradalign init my-run.toml && gradalign validate my-run.toml
+    """
+    import os
+    import tempfile
+
+    from gradalign.config import init_config_text
+
+    if path.is_dir():
+        raise GradalignError(f"{path}: is a folder; give a file path, e.g. {path / 'gradalign.toml'}")
+    if path.exists() and not force:
+        raise GradalignError(f"{path}: already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise GradalignError(f"{path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(init_config_text())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    typer.echo(f"wrote {path}: every key at its default; edit [task], [student] and [[teachers]], then `gradalign validate {path}`")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `config` command to `app`."""
+    """Add the `config` and `init` commands to `app`."""
     app.command("config")(config)
+    app.command("init")(init)

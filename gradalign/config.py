@@ -183,6 +183,21 @@ class TaskConfig:
         loads). The built-in graders (`exact`, `numeric`, `math-verify`) compare the completion with
         this field, never with another column; a `python:` grader gets the whole row and should
         read this field itself if it needs the reference answer.""")
+    system_prompt: str = _doc("", """
+        Chat only (`task.chat = true`): a system message put before the user message (context +
+        prompt) for the student and every teacher, e.g. the answer format you expect; `""` = no
+        system message (the chat template's own default, if it has one, applies). Plain text, not a
+        template: braces are literal.""")
+    chat_template_kwargs: tuple = _doc((), """
+        Chat only (`task.chat = true`): extra variables for the chat template, as a TOML table, e.g.
+        `{enable_thinking = false}` for Qwen3; applied for the student and every teacher. Values are
+        strings, booleans, integers or floats; `{}` = none.""")
+    answer_delimiter: str = _doc("", """
+        The built-in graders (`exact`, `numeric`, `math-verify`) read only the final-answer section:
+        the text after the LAST occurrence of this string, e.g. `"</think>"` for a reasoning model
+        whose thinking must not be graded. A completion without it has no answer (verdict
+        `no_answer`, reason `no_final_section`). `""` = the whole completion. `python:` graders get
+        the whole completion.""")
 
 
 @dataclass(frozen=True)
@@ -271,6 +286,12 @@ class SamplingConfig:
         student's device (KV cache over prompt + allowance, and the decode step's [batch, V]
         temporaries: `gradalign.memory.sampling_batch_size`). 0 = auto: half of the free CUDA memory
         once the models are loaded, 4 GiB on CPU. Number >= 0.""")
+    eos_token_ids: tuple[int, ...] = _doc((), """
+        Extra token ids that end a completion, besides the tokenizer's EOS and every id in the
+        model's `generation_config.eos_token_id` (Qwen3 ends a chat turn with `<|im_end|>`, others
+        with `<|eot_id|>`: all of them are honoured automatically). A completion stops at the first
+        of any of them, under both backends, and the stop token is not part of it. Array of
+        integers >= 0; `[]` = only the automatic ones.""")
 
 
 @dataclass(frozen=True)
@@ -358,6 +379,11 @@ class DistillConfig:
         beta of the generalized Jensen-Shannon divergence (TRL GKD convention), in [0, 1]: 0 =
         KL(teacher || student), 1 = KL(student || teacher), 0.5 = symmetric. Used by the `jsd` loss
         and the tokens table's `jsd` column only.""")
+    teacher_temperature: float = _doc(0.0, """
+        Softmax temperature of the teachers' distributions: q = softmax(teacher logits / this) in
+        every divergence, gradient and tokens-table column. 0 = the student's
+        `sampling.temperature` (the student's p is always at that temperature, the policy that
+        samples). Set it, > 0, to diagnose distillation towards a sharpened or flattened teacher.""")
 
 
 @dataclass(frozen=True)
@@ -426,6 +452,7 @@ class RunConfig:
                     section[key] = list(value)
             out[name] = section
         out["branching"]["selector"] = str(self.branching.selector)
+        out["task"]["chat_template_kwargs"] = dict(self.task.chat_template_kwargs)
         out["teachers"] = [dataclasses.asdict(t) for t in self.teachers]
         return out
 
@@ -652,12 +679,36 @@ def explain_config(fmt: str = "text") -> str:
         for f in dataclasses.fields(_SECTION_CLASSES[section]):
             name = f"teachers[i].{f.name}" if section == "teachers" else f"{section}.{f.name}"
             kind = _TOML_TYPES[str(f.type)]
-            default = _toml_value(str(f.default) if isinstance(f.default, SelectorSpec) else f.default)
+            default = _toml_value(_default_as_toml(f))
             if fmt == "markdown":
                 out.append(f"- `{name}` ({kind}, default `{default}`): {f.metadata['doc']}")
             else:
                 out.append(f"  {name}  ({kind}, default {default})")
                 out += wrap(f.metadata["doc"], "      ")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def init_config_text() -> str:
+    """A complete run config as TOML text: every section and key at its default, each key preceded by
+    its documentation as `#` comments (the same field docs `explain_config` renders, so it cannot
+    drift). `load_config` of it equals `config_from_dict(default_config_dict())`; `gradalign init`
+    writes it."""
+    import textwrap
+
+    def comment(text: str) -> list[str]:
+        return textwrap.wrap(text, 98, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+
+    defaults = default_config_dict()
+    sections = {f.name: f.metadata["doc"] for f in dataclasses.fields(RunConfig) if f.name in SECTIONS}
+    out = ["# gradalign run config: every key at its default, documented.",
+           "# Edit what you need; `gradalign config --explain` prints these docs, `gradalign validate FILE` checks a config.", ""]
+    for section in SECTIONS:
+        head = "[[teachers]]" if section == "teachers" else f"[{section}]"
+        values = defaults["teachers"][0] if section == "teachers" else defaults[section]
+        out += comment(sections[section]) + [head]
+        for f in dataclasses.fields(_SECTION_CLASSES[section]):
+            out += comment(f.metadata["doc"]) + [f"{f.name} = {_toml_value(values[f.name])}", ""]
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -681,7 +732,17 @@ _SECTION_CLASSES: dict[str, type] = {
 _TOML_TYPES: dict[str, str] = {
     "str": "string", "int": "integer", "float": "float", "bool": "boolean",
     "tuple[str, ...]": "array of strings", "SelectorSpec": "string",
+    "tuple[int, ...]": "array of integers", "tuple": "table",
 }
+
+
+def _default_as_toml(f: dataclasses.Field) -> object:
+    """A field's default as its TOML value: a selector as its string, a table (`tuple` pairs) as a dict."""
+    if isinstance(f.default, SelectorSpec):
+        return str(f.default)
+    if str(f.type) == "tuple":
+        return dict(f.default)
+    return f.default
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
@@ -775,6 +836,8 @@ def _toml_value(value: object) -> str:
         return "".join(out)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table; keys are written as quoted strings
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
@@ -896,6 +959,7 @@ def _parse_task(s: _Section) -> TaskConfig:
         chat=s.bool("chat"),
         id_field=s.str("id_field", nonempty=True),
         answer_field=s.str("answer_field", nonempty=True),
+        **_parse_chat_options(s),
     )
 
 
@@ -913,6 +977,29 @@ def _device_map(s: _Section) -> str:
     if value and not _DEVICE_MAP_RE.fullmatch(value):
         raise s.error("device_map", f"must be '', 'auto', 'balanced', 'balanced_low_0' or 'sequential', got {value!r}")
     return value
+
+
+_TEMPLATE_KWARG_TYPES = (str, bool, int, float)
+
+
+def _parse_chat_options(s: _Section) -> dict[str, Any]:
+    """`task.system_prompt`, `task.chat_template_kwargs` (stored as sorted (key, value) pairs, so the
+    config stays frozen and hashable) and `task.answer_delimiter`."""
+    chat = s.bool("chat")
+    system = s.str("system_prompt")
+    raw = s.get("chat_template_kwargs")
+    if isinstance(raw, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in raw):
+        raw = dict(raw)  # already parsed (pairs)
+    if not isinstance(raw, Mapping):
+        raise s.error("chat_template_kwargs", f"must be a table, got {_show(raw)}", "e.g. {enable_thinking = false}")
+    for k, v in raw.items():
+        if not isinstance(v, _TEMPLATE_KWARG_TYPES) or isinstance(v, float) and not math.isfinite(v):
+            raise s.error(f"chat_template_kwargs.{k}", f"must be a string, boolean, integer or float, got {_show(v)}")
+    for key, value in (("system_prompt", system), ("chat_template_kwargs", raw)):
+        if value and not chat:
+            raise s.error(key, "is set but task.chat is false", "set task.chat = true (it applies to chat templates only)")
+    return {"system_prompt": system, "chat_template_kwargs": tuple(sorted((str(k), v) for k, v in raw.items())),
+            "answer_delimiter": s.str("answer_delimiter")}
 
 
 def _parse_student(s: _Section) -> ModelConfig:
@@ -940,7 +1027,18 @@ def _parse_sampling(s: _Section) -> SamplingConfig:
         vllm_memory_fraction=s.float("vllm_memory_fraction", ge=0, lt=1),
         vllm_eager=s.bool("vllm_eager"),
         memory_gib=s.float("memory_gib", ge=0),
+        eos_token_ids=_parse_eos_ids(s),
     )
+
+
+def _parse_eos_ids(s: _Section) -> tuple[int, ...]:
+    raw = s.get("eos_token_ids")
+    if not isinstance(raw, (list, tuple)):
+        raise s.error("eos_token_ids", f"must be an array of integers >= 0, got {_show(raw)}")
+    for i, v in enumerate(raw):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise s.error(f"eos_token_ids[{i}]", f"must be an integer >= 0, got {_show(v)}")
+    return tuple(dict.fromkeys(raw))
 
 
 def _parse_branching(s: _Section) -> BranchingConfig:
@@ -991,7 +1089,8 @@ def _parse_distill(s: _Section) -> DistillConfig:
         if loss in seen:
             raise s.error(f"losses[{i}]", f"duplicate loss {loss!r}", "list each loss once")
         seen.add(loss)
-    return DistillConfig(losses=tuple(raw), jsd_beta=s.float("jsd_beta", ge=0, le=1))
+    return DistillConfig(losses=tuple(raw), jsd_beta=s.float("jsd_beta", ge=0, le=1),
+                         teacher_temperature=s.float("teacher_temperature", ge=0))
 
 
 def _parse_teachers(source: str, raw: object) -> tuple[TeacherConfig, ...]:

@@ -322,3 +322,23 @@ def check_head_covers_tokenizer(model, tokenizer, *, name: str) -> int:
         log.info("%s: LM head has %d rows for %d tokenizer ids; the %d padded rows are left out of every distribution",
                  name, rows, n, rows - n)
     return rows
+
+
+def eos_token_ids(tokenizer, model=None, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Every token id that ends a completion, the tokenizer's EOS first (callers that need one id,
+    e.g. padding, keep using it): the tokenizer's `eos_token_id`, then each id of the model's
+    `generation_config.eos_token_id` (an int or a list: Qwen3's chat models end a turn with
+    `<|im_end|>` as well as `<|endoftext|>`), then `extra` (`sampling.eos_token_ids`), duplicates
+    dropped. An id outside the tokenizer (>= len(tokenizer)) is refused: no model could emit it."""
+    ids: list[int] = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen is not None:
+        ids += [int(i) for i in (gen if isinstance(gen, (list, tuple)) else [gen])]
+    ids += [int(i) for i in extra]
+    out = tuple(dict.fromkeys(ids))
+    if not out:
+        raise ModelError("the student's tokenizer has no EOS token and no eos_token_ids are configured (sampling.eos_token_ids)")
+    bad = [i for i in out if not 0 <= i < len(tokenizer)]
+    if bad:
+        raise ModelError(f"sampling.eos_token_ids: id {bad[0]} is outside the tokenizer's {len(tokenizer)} ids")
+    return out

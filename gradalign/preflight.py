@@ -90,7 +90,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
     from gradalign import models
     from gradalign.graders import check_grader
     from gradalign.selectors import branch_cost
-    from gradalign.tasks import encode_prefix, load_task, render
+    from gradalign.tasks import encode_prefix, load_task, prefix_options, render
 
     templates = {"task.prompt": cfg.task.prompt}
     for i, t in enumerate(cfg.teachers):
@@ -148,7 +148,7 @@ def preflight(cfg: RunConfig, *, check_tokenizers: bool = True) -> PreflightRepo
                 prompt = render(cfg.task.prompt, row, what="task.prompt", row_id=rid)
                 for t in cfg.teachers:
                     ctx = render(t.context, row, what=f"context of teacher {t.name!r}", row_id=rid)
-                    n = len(encode_prefix(stok, ctx, prompt, chat=cfg.task.chat))
+                    n = len(encode_prefix(stok, ctx, prompt, **prefix_options(cfg.task)))
                     if n > longest:
                         longest, where = n, (rid, t.name if ctx else "")
         max_pos = _max_positions(sref.source, sref.is_local)

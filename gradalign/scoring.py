@@ -370,8 +370,9 @@ class PairStats:
 
 
 def pair_stats(student: Rows, teacher: Rows, completion: Sequence[int], *, temperature: float, beta: float, vocab_size: int,
-               max_logit_bytes: int = 256 << 20) -> PairStats:
-    """Token statistics of a student/teacher pair over `completion`, chunk by chunk along T on the
+               max_logit_bytes: int = 256 << 20, teacher_temperature: float | None = None) -> PairStats:
+    """Token statistics of a student/teacher pair over `completion` (the teacher's softmax at
+    `teacher_temperature`, None = `temperature`), chunk by chunk along T on the
     models' device (the teacher's rows move to the student's device if they differ), float32;
     never more than `chunk_rows(V_head)` positions of logits alive."""
     from gradalign import gradients as G
@@ -387,7 +388,7 @@ def pair_stats(student: Rows, teacher: Rows, completion: Sequence[int], *, tempe
         for a in range(0, T, chunk):
             sl = slice(a, min(T, a + chunk))
             lp, sp = _chunk_logp(student, sl, temperature, vocab_size)
-            lq, tp = _chunk_logp(teacher, sl, temperature, vocab_size)
+            lq, tp = _chunk_logp(teacher, sl, teacher_temperature or temperature, vocab_size)
             lq = lq.to(dev)
             s_pad, t_pad = max(s_pad, float(sp.max())), max(t_pad, float(tp.max()))
             y = tok[sl, None]

@@ -141,17 +141,31 @@ def load_task(
     return Task(name=name or p.stem, source=str(p), rows=tuple(rows), id_field=id_field, answer_field=answer_field)
 
 
-def encode_prefix(tokenizer, context: str, prompt: str, *, chat: bool = False) -> tuple[int, ...]:
+def prefix_options(task_cfg) -> dict[str, Any]:
+    """`encode_prefix`'s keyword options from a `config.TaskConfig`: chat, system prompt, template
+    kwargs. The one place callers get them, so the student and every teacher render alike."""
+    return {"chat": task_cfg.chat, "system": task_cfg.system_prompt,
+            "template_kwargs": dict(task_cfg.chat_template_kwargs)}
+
+
+def encode_prefix(tokenizer, context: str, prompt: str, *, chat: bool = False, system: str = "",
+                  template_kwargs: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """Token ids a model sees before the completion: context + prompt.
 
     Plain: the text context + prompt, tokenised with the tokenizer's special tokens (e.g. BOS).
-    Chat: context + prompt as ONE user message rendered with the tokenizer's chat template and the
-    generation prompt (the template supplies its own special tokens). Either way the completion's
-    ids are appended as ids by the caller, never re-tokenised from text.
+    Chat: context + prompt as ONE user message, after a system message when `system` is non-empty,
+    rendered with the tokenizer's chat template, the generation prompt and `template_kwargs` (extra
+    template variables, e.g. enable_thinking=False; the template supplies its own special tokens).
+    Either way the completion's ids are appended as ids by the caller, never re-tokenised from text.
+    `system` and `template_kwargs` need `chat` (config validation says so in one line).
     """
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise TaskError("task.chat: the student's tokenizer has no chat template; set task.chat = false")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": context + prompt}], tokenize=False, add_generation_prompt=True)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": context + prompt})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **dict(template_kwargs or {}))
         return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if system or template_kwargs:
+        raise TaskError("task.system_prompt / task.chat_template_kwargs need task.chat = true")
     return tuple(tokenizer(context + prompt, add_special_tokens=True)["input_ids"])

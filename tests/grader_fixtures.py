@@ -92,3 +92,12 @@ def calls_sys_exit(text, row):
     import sys
 
     sys.exit(3)
+
+
+def last_number_with_answer(text, row):
+    """Returns (verdict, the answer it read): the extracted answer reaches the rollouts table."""
+    import re
+
+    nums = re.findall(r"-?\d+", text)
+    answer = nums[-1] if nums else None
+    return answer == str(row["answer"]).strip(), answer

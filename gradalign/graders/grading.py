@@ -2,16 +2,20 @@
 
 Owns:
   * ``Verdict``, the outcome record every grader returns;
-  * final-answer extraction from a completion (GSM8K ``####`` marker, else the
-    last ``\\boxed{...}``) and exact number parsing;
+  * the final-answer section of a completion (``final_section``: the text after the last
+    ``task.answer_delimiter``, e.g. ``</think>``), final-answer extraction from it (the GSM8K
+    ``####`` marker's line or the last ``\\boxed{...}``, whichever comes last) and exact number
+    parsing;
   * the built-in ``exact`` and ``numeric`` comparisons (``IN_PROCESS_GRADERS``);
   * the callables that run ``math-verify`` and ``python:`` graders on one item
     (``load_worker_grader``); they have no timeout of their own and are meant to
     run inside a ``pool`` worker process, whose per-call timeout guards them.
 
 The built-in graders (``exact``, ``numeric``, ``math-verify``) compare against the row's
-``answer_field`` (the config's ``task.answer_field``, default "answer"); a ``python:`` grader gets
-the whole row and reads whichever field it needs.
+``answer_field`` (the config's ``task.answer_field``, default "answer") and read only the final
+section after ``delimiter`` (``task.answer_delimiter``; "" = the whole completion); a ``python:``
+grader gets the whole row and the whole completion, and may return ``(correct, answer)`` to report
+the answer it extracted.
 
 Does NOT own: parsing or validating spec strings (``spec``), worker processes,
 timeouts, verdict caching or statistics (``pool``), loading rows, or aggregating
@@ -74,20 +78,40 @@ def _last_boxed(text: str) -> str | None:
         pos = i
 
 
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion, or None.
+def _last_boxed_start(text: str) -> int:
+    starts = [m.start() for m in _BOXED.finditer(text)]
+    return starts[-1] if starts else -1
 
-    The text after the LAST ``####`` up to the end of that line, stripped
-    (GSM8K convention); if there is no marker (or nothing follows it), the
-    content of the last ``\\boxed{...}``; else None.
+
+def extract_answer(text: str) -> str | None:
+    """Final answer of a completion, or None: whichever comes LAST of
+
+    * the text after the last ``####`` up to the end of that line, stripped (GSM8K convention),
+    * the content of the last balanced ``\\boxed{...}``.
+
+    So a ``#### Final Answer`` heading followed by ``\\boxed{5}`` gives "5", and a boxed
+    expression followed by ``#### 5`` gives "5"; a marker with nothing after it on its line
+    counts as absent.
     """
     marker = text.rfind("####")
-    if marker >= 0:
-        answer = text[marker + 4 :].split("\n", 1)[0].strip()
-        if answer:
-            return answer
+    marked = text[marker + 4 :].split("\n", 1)[0].strip() if marker >= 0 else ""
     boxed = _last_boxed(text)
-    return boxed if boxed else None
+    if marked and boxed and _last_boxed_start(text) > marker:
+        return boxed
+    return marked or boxed or None
+
+
+NO_FINAL_SECTION = "no_final_section"
+
+
+def final_section(text: str, delimiter: str = "") -> str | None:
+    """The part of a completion the built-in graders read: the text after the LAST ``delimiter``
+    (e.g. ``</think>``: the answer after a reasoning model's thinking), the whole text when
+    ``delimiter`` is "", and None when the delimiter never occurs (no final answer was written)."""
+    if not delimiter:
+        return text
+    at = text.rfind(delimiter)
+    return None if at < 0 else text[at + len(delimiter) :]
 
 
 _NUMBER = re.compile(
@@ -147,21 +171,27 @@ def _gold_answer(row: dict, answer_field: str = "answer") -> str:
     return gold.strip()
 
 
-def _grade_exact(completion: str, row: dict, answer_field: str = "answer") -> Verdict:
+def _grade_exact(completion: str, row: dict, answer_field: str = "answer", delimiter: str = "") -> Verdict:
     gold = _gold_answer(row, answer_field)
-    extracted = extract_answer(completion)
+    section = final_section(completion, delimiter)
+    if section is None:
+        return Verdict(False, None, "ok", NO_FINAL_SECTION)
+    extracted = extract_answer(section)
     if extracted is None:
         return Verdict(False, None, "ok", "no_answer")
     correct = extracted.strip() == gold
     return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
-def _grade_numeric(completion: str, row: dict, answer_field: str = "answer") -> Verdict:
+def _grade_numeric(completion: str, row: dict, answer_field: str = "answer", delimiter: str = "") -> Verdict:
     gold_text = _gold_answer(row, answer_field)
     gold = parse_number(gold_text)
     if gold is None:
         return Verdict(False, None, "error", f"error: gold answer {gold_text!r} is not a number")
-    extracted = extract_answer(completion)
+    section = final_section(completion, delimiter)
+    if section is None:
+        return Verdict(False, None, "ok", NO_FINAL_SECTION)
+    extracted = extract_answer(section)
     if extracted is None:
         return Verdict(False, None, "ok", "no_answer")
     value = parse_number(extracted)
@@ -171,8 +201,8 @@ def _grade_numeric(completion: str, row: dict, answer_field: str = "answer") -> 
     return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
-# (completion, row, answer_field) -> Verdict
-IN_PROCESS_GRADERS: dict[str, Callable[[str, dict, str], Verdict]] = {
+# (completion, row, answer_field, delimiter) -> Verdict
+IN_PROCESS_GRADERS: dict[str, Callable[[str, dict, str, str], Verdict]] = {
     "exact": _grade_exact,
     "numeric": _grade_numeric,
 }
@@ -191,9 +221,10 @@ def error_reason(exc: BaseException) -> str:
 class _MathVerifyGrader:
     """math-verify with its signal.alarm timeouts disabled (the pool's process timeout guards)."""
 
-    def __init__(self, answer_field: str = "answer") -> None:
+    def __init__(self, answer_field: str = "answer", delimiter: str = "") -> None:
         self._parse, self._verify = import_math_verify()
         self._answer_field = answer_field
+        self._delimiter = delimiter
         self._gold_cache: dict[str, list] = {}
 
     def _parse_gold(self, gold: str) -> list:
@@ -214,7 +245,10 @@ class _MathVerifyGrader:
         gold = self._parse_gold(gold_text)
         if not gold:
             return Verdict(False, None, "error", f"error: cannot parse gold answer {gold_text!r}")
-        prediction = self._parse(completion, parsing_timeout=None)
+        section = final_section(completion, self._delimiter)
+        if section is None:
+            return Verdict(False, None, "ok", NO_FINAL_SECTION)
+        prediction = self._parse(section, parsing_timeout=None)
         if not prediction:
             return Verdict(False, None, "ok", "no_answer")
         extracted = str(prediction[-1])
@@ -240,6 +274,9 @@ class _PythonGrader:
 
     def __call__(self, completion: str, row: dict) -> Verdict:
         result = self._fn(completion, row)
+        extracted = extract_answer(completion)
+        if isinstance(result, tuple) and len(result) == 2 and (result[1] is None or isinstance(result[1], str)):
+            result, extracted = result  # (verdict, the answer the grader read)
         correct = grader_result(result)
         if correct is None:
             shown = repr(result) if isinstance(result, (int, float, str)) else ""
@@ -248,10 +285,11 @@ class _PythonGrader:
                 False, None, "error",
                 f"error: {self._name} returned {type(result).__name__}{shown}, expected bool (or 0/1)",
             )
-        return Verdict(correct, extract_answer(completion), "ok", "match" if correct else "mismatch")
+        return Verdict(correct, extracted, "ok", "match" if correct else "mismatch")
 
 
-def load_worker_grader(spec: GraderSpec, answer_field: str = "answer") -> Callable[[str, dict], Verdict]:
+def load_worker_grader(spec: GraderSpec, answer_field: str = "answer", delimiter: str = "") -> Callable[[str, dict], Verdict]:
     """The callable for a ``math-verify`` or ``python:`` spec; raises ``GraderSpecError`` if it cannot load.
-    ``math-verify`` compares against ``row[answer_field]``; a ``python:`` grader gets the whole row."""
-    return _MathVerifyGrader(answer_field) if spec.kind == "math-verify" else _PythonGrader(spec)
+    ``math-verify`` compares the final section (after ``delimiter``) against ``row[answer_field]``; a
+    ``python:`` grader gets the whole row and completion."""
+    return _MathVerifyGrader(answer_field, delimiter) if spec.kind == "math-verify" else _PythonGrader(spec)

@@ -16,8 +16,9 @@ answer extraction, comparisons, ``Verdict``), loading task rows, sampling
 completions, deciding which completions to grade, or aggregating verdicts.
 
 The pool's ``answer_field`` (``task.answer_field``) names the row field the built-in graders
-compare against, in process and in ``math-verify`` workers (handed to each worker with the spec
-when it starts); ``python:`` graders get the whole row.
+compare against, and ``answer_delimiter`` (``task.answer_delimiter``) the marker after whose last
+occurrence they read the completion, in process and in ``math-verify`` workers (both handed to each
+worker with the spec when it starts); ``python:`` graders get the whole row and completion.
 
 Rows sent to worker processes (``math-verify`` and ``python:`` graders) are
 pickled, so they must be picklable: plain ``dict`` of str/int/float/list/dict
@@ -101,7 +102,7 @@ class _DropTimeoutDisabledWarning(logging.Filter):
         return "Timeout is disabled" not in record.getMessage()
 
 
-def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str, answer_field: str = "answer") -> None:
+def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str, answer_field: str = "answer", delimiter: str = "") -> None:
     """Worker entry point: load the grader, report ready, then grade until told to stop.
 
     Messages in: ``(task_id, completion, row)`` or ``None`` (stop).
@@ -119,7 +120,7 @@ def _worker_main(conn, spec_raw: str, sys_path: list[str], cwd: str, answer_fiel
     for name in ("math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
     try:
-        grader = load_worker_grader(parse_grader_spec(spec_raw), answer_field)
+        grader = load_worker_grader(parse_grader_spec(spec_raw), answer_field, delimiter)
     except BaseException as exc:  # sys.exit in a user module included; SIGINT is ignored here
         conn.send(("init_error", str(exc)))
         conn.close()
@@ -167,8 +168,9 @@ def _cache_key(row_id: str, completion: str) -> tuple[str, bytes]:
 class GraderPool:
     """Grades completions with one grader spec, caching verdicts by (row_id, completion).
 
-    The built-in graders compare a completion with ``row[answer_field]`` (default "answer"), fixed
-    for the pool's life, so the cache key need not hold it; a ``python:`` grader gets the whole row.
+    The built-in graders compare a completion's final section (after ``answer_delimiter``) with
+    ``row[answer_field]`` (default "answer"), both fixed for the pool's life, so the cache key need
+    not hold them; a ``python:`` grader gets the whole row.
     ``exact``/``numeric`` run in-process. ``math-verify`` and ``python:`` graders
     run in ``workers`` worker processes (forkserver/spawn, never fork) with a
     per-call ``timeout_s``; a worker that exceeds it is terminated and replaced,
@@ -187,6 +189,7 @@ class GraderPool:
         startup_timeout_s: float = 120.0,
         breaker_min_calls: int = BREAKER_MIN_CALLS,
         answer_field: str = "answer",
+        answer_delimiter: str = "",
     ) -> None:
         if not isinstance(answer_field, str) or not answer_field:
             raise ValueError(f"answer_field must be a non-empty string, got {answer_field!r}")
@@ -196,6 +199,7 @@ class GraderPool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.spec = parse_grader_spec(spec)
         self.answer_field = answer_field
+        self.answer_delimiter = str(answer_delimiter)
         self.timeout_s = float(timeout_s)
         self.n_workers = int(workers)
         self.startup_timeout_s = float(startup_timeout_s)
@@ -300,7 +304,7 @@ class GraderPool:
 
     def _grade_in_process(self, item: GradeItem) -> Verdict:
         try:
-            return IN_PROCESS_GRADERS[self.spec.kind](item.completion, item.row, self.answer_field)
+            return IN_PROCESS_GRADERS[self.spec.kind](item.completion, item.row, self.answer_field, self.answer_delimiter)
         except Exception as exc:
             return Verdict(False, None, "error", error_reason(exc))
 
@@ -309,7 +313,7 @@ class GraderPool:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         process = ctx.Process(
             target=_worker_main,
-            args=(child_conn, self.spec.raw, list(sys.path), os.getcwd(), self.answer_field),
+            args=(child_conn, self.spec.raw, list(sys.path), os.getcwd(), self.answer_field, self.answer_delimiter),
             name=f"gradalign-grader-{self.spec.kind}",
             daemon=True,
         )

@@ -38,6 +38,7 @@ class Resources:
     grader: object  # graders.GraderPool (grade_many, stats, close)
     sampler: Sampler  # draws every continuation
     model_hashes: dict  # model ref -> content hash (manifest)
+    eos_ids: tuple[int, ...] = ()  # every id that ends a completion (`models.eos_token_ids`); () = the tokenizer's EOS
 
 
 def sampling_params(cfg: RunConfig) -> SamplingParams:
@@ -79,10 +80,12 @@ def load_resources(cfg: RunConfig) -> Resources:
                 hashes[t.model] = lm.content_hash
             model = loaded[key]
         teachers.append(Teacher(t.name, model, t.context, t.model))
+    eos_ids = models.eos_token_ids(student.tokenizer, student.model, cfg.sampling.eos_token_ids)
     sampler = make_sampler(
         cfg.sampling.backend, student=student, params=sampling_params(cfg), dtype=student.dtype, seed=cfg.run.seed,
-        memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager,
+        memory_fraction=cfg.sampling.vllm_memory_fraction, eager=cfg.sampling.vllm_eager, eos_ids=eos_ids,
         tensor_parallel_size=st.tensor_parallel_size, max_model_len=st.max_model_len,
     )
-    grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field)
-    return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes)
+    grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field,
+                       answer_delimiter=cfg.task.answer_delimiter)
+    return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes, eos_ids)

@@ -70,8 +70,9 @@ def _sample_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Out
     """Sample every item in one batched sampler call, grade all in one pass; outcomes in order."""
     from gradalign.graders import GradeItem
 
-    tok, L, eos = res.tokenizer, res.cfg.sampling.max_new_tokens, res.tokenizer.eos_token_id
-    finished = {i for i, c in enumerate(items) if c.head and c.head[-1] == eos}
+    tok, L = res.tokenizer, res.cfg.sampling.max_new_tokens
+    eos = set(res.eos_ids or (tok.eos_token_id,))  # any of the student's EOS ids ends a completion
+    finished = {i for i, c in enumerate(items) if c.head and c.head[-1] in eos}
     live = [i for i in range(len(items)) if i not in finished]
     comps: list[Completion] = [Completion((), truncated=False, ended_with_eos=True)] * len(items)
     if live:
@@ -122,14 +123,14 @@ class Rollout:
 
 def sample_rollouts(res: Resources, rows: Sequence[dict]) -> list[Rollout]:
     """`sampling.rollouts_per_question` graded rollouts per row, seeded by (run seed, question, index)."""
-    from gradalign.tasks import encode_prefix, render
+    from gradalign.tasks import encode_prefix, prefix_options, render
 
     cfg = res.cfg
     heads = []  # (row, question id, rollout index, prompt text, prompt ids)
     for row in rows:
         qid = res.task.row_id(row)
         text = render(cfg.task.prompt, row, what="task.prompt", row_id=qid)
-        ids = encode_prefix(res.tokenizer, "", text, chat=cfg.task.chat)
+        ids = encode_prefix(res.tokenizer, "", text, **prefix_options(cfg.task))
         for r in range(cfg.sampling.rollouts_per_question):
             heads.append((row, qid, r, text, ids))
     outs = continue_and_grade(res, [Continuation(row, ids, (), stable_seed(cfg.run.seed, "rollout", qid, r))

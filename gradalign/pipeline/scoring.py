@@ -15,7 +15,8 @@ formulas (`gradalign.gradients`).
 Shapes: T completion positions of a rollout, V = V_tok = len(tokenizer), the ids all models share
 (a model's LM head may have more rows, V_head, as padding: they are cut off and the rest
 renormalised, `scoring.restrict_to_vocab`); node log-probs are [n_nodes, V_tok], temperature-scaled
-(z / tau) like the sampler's.
+(z / tau) like the sampler's: the student's at `sampling.temperature`, the teachers' at
+`distill.teacher_temperature` (0 = the same tau).
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
     while each teacher's rows are computed; the per-token statistics come from
     `scoring.pair_stats`, chunk by chunk along T, so no [T, V] matrix exists anywhere."""
     from gradalign.scoring import PADDED_MASS_TOLERANCE, ScoreRequest, forward_rows, node_logp, pair_stats
-    from gradalign.tasks import encode_prefix, render
+    from gradalign.tasks import encode_prefix, prefix_options, render
 
     cfg, tok = res.cfg, res.tokenizer
     tau, beta = cfg.sampling.temperature, cfg.distill.jsd_beta
+    tau_q = cfg.distill.teacher_temperature or tau  # teachers' softmax temperature (0 = the student's)
     cols: dict[str, list] = {f.name: [] for f in dataclasses.fields(TokenRow)}
     texts: dict[int, str] = {}  # token id -> decoded text, once per id
     prefix_hashes: dict[tuple[str, str], str] = {}
@@ -109,15 +111,16 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
             for i in idx:
                 r = rollouts[i]
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.question_id)
-                ids = encode_prefix(tok, ctx, r.prompt_text, chat=cfg.task.chat)
+                ids = encode_prefix(tok, ctx, r.prompt_text, **prefix_options(cfg.task))
                 prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
                 treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
             t_rows = forward_rows(teacher.model, treq, pad_id=tok.pad_token_id)
             for k, i in enumerate(idx):
                 r = rollouts[i]
                 T = len(r.token_ids)
-                dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = node_logp(t_rows[k], nodes_of[i], tau, n_tok)
-                ps = pair_stats(s_rows[k], t_rows[k], r.token_ids, temperature=tau, beta=beta, vocab_size=n_tok)
+                dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = node_logp(t_rows[k], nodes_of[i], tau_q, n_tok)
+                ps = pair_stats(s_rows[k], t_rows[k], r.token_ids, temperature=tau, teacher_temperature=tau_q, beta=beta,
+                                vocab_size=n_tok)
                 if i not in student_padded_seen:  # the student's sequence counts once, whatever the teachers
                     student_padded_seen.add(i)
                     padded(r, "student", ps.student_padded)

@@ -86,11 +86,21 @@ def token_heatmap_html(tables, data: ReportData, options: ReportOptions) -> str:
     return _legend(options.metric) + "\n".join(parts)
 
 
+def answer_label(rr) -> str:
+    """What the grader read from a rollout: "answer 42", or "no answer (reason)" when it extracted
+    none (a null `extracted_answer`, which pandas reads as NaN: never printed as "nan")."""
+    ans = rr["extracted_answer"]
+    if ans is None or (isinstance(ans, float) and ans != ans):
+        reason = rr.get("reason") if hasattr(rr, "get") else None
+        return f"no answer ({reason})" if isinstance(reason, str) and reason else "no answer"
+    return f"answer {ans}"
+
+
 def _rollout_html(qid, rid: int, rr, tq, configs: list[str], marks: _Marks) -> list[str]:
     """One rollout: a head line (question, verdict, answer), the prompt, and a token line per config."""
     verdict = "correct" if bool(rr["correct"]) else "incorrect"
     parts = [f'<div class="rollout"><div class="rhead"><b>{html.escape(str(qid))}</b> · rollout {rid} · '
-             f'<span class="{verdict}">{verdict}</span> · answer {html.escape(str(rr["extracted_answer"]))}</div>',
+             f'<span class="{verdict}">{verdict}</span> · {html.escape(answer_label(rr))}</div>',
              f'<div class="prompt">{html.escape(str(rr["prompt"]))}</div>']
     for c in configs:
         spans = [_token_span(t, qid, rid, c, marks) for t in tq[tq["config"] == c].itertuples(index=False)]

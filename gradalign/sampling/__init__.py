@@ -17,15 +17,17 @@ __all__ = ["BACKENDS", "Completion", "Sampler", "SamplingParams", "make_sampler"
 
 def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = "float32", seed: int = 0,
                  memory_fraction: float = 0.0, eager: bool = False, tensor_parallel_size: int = 1,
-                 max_model_len: int = 0) -> Sampler:
+                 max_model_len: int = 0, eos_ids: tuple[int, ...] = ()) -> Sampler:
     """The sampler for `backend`; `student` is the loaded `models.LoadedModel` (a GGUF student's
     conversion-cache folder, `student.folder`, is what vLLM loads). `tensor_parallel_size` and
-    `max_model_len` (0 = the model's own) go to vLLM only."""
+    `max_model_len` (0 = the model's own) go to vLLM only. `eos_ids`: every id that ends a completion
+    (`models.eos_token_ids`); () = the tokenizer's EOS only."""
     tok = student.tokenizer
+    eos = tuple(eos_ids) or (tok.eos_token_id,)
     if backend == "hf":
         from gradalign.sampling.hf import HFSampler
 
-        return HFSampler(student.model, params, tok.eos_token_id, tok.pad_token_id, vocab_size=len(tok))
+        return HFSampler(student.model, params, eos, tok.pad_token_id, vocab_size=len(tok))
     if backend == "vllm":
         from gradalign.sampling.vllm import VLLMSampler, gguf_as_folder
 
@@ -34,7 +36,7 @@ def make_sampler(backend: str, *, student, params: SamplingParams, dtype: str = 
         if ref.gguf_file:
             source = student.folder if getattr(student, "folder", "") else gguf_as_folder(
                 student.model, tok, content_hash=student.content_hash, gguf_file=ref.gguf_file, dtype=dtype)
-        return VLLMSampler(source, params, eos_id=tok.eos_token_id, dtype=dtype, revision=ref.revision, seed=seed,
+        return VLLMSampler(source, params, eos_id=eos, dtype=dtype, revision=ref.revision, seed=seed,
                            memory_fraction=memory_fraction, eager=eager, tensor_parallel_size=tensor_parallel_size,
                            max_model_len=max_model_len or None)
     raise ValueError(f"sampling.backend: unknown backend {backend!r} ({' | '.join(BACKENDS)})")

@@ -142,7 +142,7 @@ def sample(
     seeds: Sequence[int],
     params: SamplingParams,
     *,
-    eos_id: int,
+    eos_id: int | Sequence[int],
     pad_id: int,
     max_new: Sequence[int] | None = None,
     noise_processor: Callable[[Sequence[int], SamplingParams, int, torch.device], object] | None = None,
@@ -163,6 +163,8 @@ def sample(
     bench/bench_rollout.py that swaps in one batched draw).
     `vocab_size` is the tokenizer's length (V_tok); when the model's LM head has more rows, the padded
     ids are masked (`MaskPadded`) before the noise processor. None: the head's rows, nothing masked.
+    `eos_id` is one id or several (`models.eos_token_ids`): a row stops at the first of any of them,
+    which is left out of its completion.
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -174,11 +176,12 @@ def sample(
     if vocab_size is not None and vocab_size > head_rows:
         raise ValueError(f"the model's LM head has {head_rows} rows, fewer than the tokenizer's {vocab_size} ids")
     mask_padded = [MaskPadded(vocab_size)] if vocab_size is not None and vocab_size < head_rows else []
+    eos_ids = [int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id]
     gen_cfg = GenerationConfig(
         do_sample=False,
         num_beams=1,
         max_new_tokens=params.max_new_tokens,
-        eos_token_id=eos_id,
+        eos_token_id=eos_ids,
         pad_token_id=pad_id,
     )
     allow = [params.max_new_tokens] * len(prompts) if max_new is None else [min(int(a), params.max_new_tokens) for a in max_new]
@@ -208,12 +211,7 @@ def sample(
             )
         new = seqs[:, width:].tolist()
         for r, i in enumerate(idx):
-            toks = new[r][: allow[i]]  # the allowance counts the EOS token, as max_new_tokens does
-            if eos_id in toks:
-                toks = toks[: toks.index(eos_id)]
-                out[i] = Completion(tuple(toks), truncated=False, ended_with_eos=True)
-            else:
-                out[i] = Completion(tuple(toks), truncated=True, ended_with_eos=False)
+            out[i] = cut_at_eos(new[r][: allow[i]], eos_ids)  # the allowance counts the EOS token, as max_new_tokens does
     return out  # type: ignore[return-value]
 
 
@@ -260,14 +258,23 @@ def batch_sizes(model, order: Sequence[int], prompt_lens: Sequence[int], allow: 
         start += b
 
 
+def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> Completion:
+    """A completion from sampled tokens: up to (without) the first of any EOS id, else all of them, truncated."""
+    stops = set(eos_ids)
+    for k, t in enumerate(tokens):
+        if t in stops:
+            return Completion(tuple(tokens[:k]), truncated=False, ended_with_eos=True)
+    return Completion(tuple(tokens), truncated=True, ended_with_eos=False)
+
+
 @dataclass
 class HFSampler:
-    """The `Sampler` on transformers: `sample` below, with the student's EOS and pad ids and its
+    """The `Sampler` on transformers: `sample` below, with the student's EOS ids (one or several) and pad id and its
     tokenizer's length (`vocab_size`: padded LM-head rows beyond it are never drawn; None = no mask)."""
 
     model: object
     params: SamplingParams
-    eos_id: int
+    eos_id: int | tuple[int, ...]
     pad_id: int
     vocab_size: int | None = None
 

@@ -40,7 +40,7 @@ class Completion:
 
     token_ids: tuple[int, ...]  # new tokens, EOS excluded
     truncated: bool  # hit its allowance without EOS
-    ended_with_eos: bool  # ended by the EOS token
+    ended_with_eos: bool  # ended by an EOS token (any of the student's EOS ids)
 
 
 @runtime_checkable

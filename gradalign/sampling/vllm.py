@@ -112,11 +112,28 @@ def gguf_as_folder(model, tokenizer, *, content_hash: str, gguf_file: str, dtype
     return write_folder_atomically(root, model, tokenizer)
 
 
+def request_params(p: SamplingParams, allow: int, seed: int, eos_ids: Sequence[int]) -> dict:
+    """Keyword arguments of vLLM's `SamplingParams` for one continuation: `allow` new tokens at most,
+    its own seed, stopping at any of `eos_ids` (`stop_token_ids`; the model's own EOS stays on too)."""
+    return dict(n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1, max_tokens=allow,
+                seed=int(seed) % (2**31), ignore_eos=False, detokenize=False, stop_token_ids=[int(e) for e in eos_ids])
+
+
+def completion_of(token_ids: Sequence[int], finish_reason: str | None, eos_ids: Sequence[int]) -> Completion:
+    """vLLM's output as a `Completion`: a final EOS id (any of `eos_ids`) is dropped, and a sequence ended
+    by one (or finish_reason "stop") is not truncated; one that ran out of tokens ("length") is."""
+    toks = list(token_ids)
+    ended = bool(toks) and toks[-1] in eos_ids or finish_reason == "stop"
+    if toks and toks[-1] in eos_ids:
+        toks = toks[:-1]
+    return Completion(tuple(toks), truncated=not ended, ended_with_eos=ended)
+
+
 class VLLMSampler:
     """Samples with vLLM's offline engine, loaded from the student's model folder or hub id
     (`source`; a GGUF student arrives here as `gguf_as_folder`'s output)."""
 
-    def __init__(self, source: str, params: SamplingParams, *, eos_id: int, dtype: str = "float32",
+    def __init__(self, source: str, params: SamplingParams, *, eos_id: int | Sequence[int], dtype: str = "float32",
                  revision: str = "", max_model_len: int | None = None, seed: int = 0, memory_fraction: float = 0.0,
                  eager: bool = False, tensor_parallel_size: int = 1):
         try:
@@ -143,7 +160,7 @@ class VLLMSampler:
         self.llm = LLM(model=source, dtype=dtype, seed=seed, enable_prefix_caching=True,
                        max_model_len=max_model_len, enforce_eager=eager, **kw)
         self.params = params
-        self.eos_id = eos_id
+        self.eos_ids = (int(eos_id),) if isinstance(eos_id, int) else tuple(int(e) for e in eos_id)
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new: Sequence[int] | None = None) -> list[Completion]:
         from vllm import SamplingParams as VSamplingParams
@@ -158,18 +175,13 @@ class VLLMSampler:
                 out[i] = Completion((), truncated=True, ended_with_eos=False)
                 continue
             reqs.append(TokensPrompt(prompt_token_ids=list(pr)))
-            sps.append(VSamplingParams(n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1,
-                                       max_tokens=a, seed=int(s) % (2**31), ignore_eos=False, detokenize=False))
+            sps.append(VSamplingParams(**request_params(p, a, s, self.eos_ids)))
             idx.append(i)
         if reqs:
             results = self.llm.generate(reqs, sps, use_tqdm=False)
             for i, res in zip(idx, results):
                 o = res.outputs[0]
-                toks = list(o.token_ids)
-                ended = bool(toks) and toks[-1] == self.eos_id or o.finish_reason == "stop"
-                if toks and toks[-1] == self.eos_id:
-                    toks = toks[:-1]
-                out[i] = Completion(tuple(toks), truncated=not ended, ended_with_eos=ended)
+                out[i] = completion_of(o.token_ids, o.finish_reason, self.eos_ids)
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

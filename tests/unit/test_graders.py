@@ -43,8 +43,12 @@ def fixtures_on_path(monkeypatch):
         ("\\boxed{1} then \\boxed{ {a}_{b{c}} } end", "{a}_{b{c}}"),
         ("\\boxed{\\boxed{3}}", "\\boxed{3}"),
         ("\\boxed{5} then truncated \\boxed{6", "5"),
-        ("#### 9 beats \\boxed{10}", "9 beats \\boxed{10}"),  # marker wins; rest of its line
+        ("#### 9 beats \\boxed{10}", "10"),  # the later of the two wins, on the marker's line too
         ("####\n\\boxed{11}", "11"),
+        ("#### Final Answer\n\nThe answer is \\boxed{5}.", "5"),  # a heading does not hijack the box
+        ("#### Final Answer: \\boxed{5}", "5"),
+        ("\\boxed{x+1} so\n#### 4", "4"),  # a marker after the box wins
+        ("#### \n\\boxed{6}", "6"),
         ("no answer at all", None),
         ("", None),
         ("\\boxed{}", None),
@@ -135,6 +139,9 @@ def test_check_grader_accepts(fixtures_on_path):
         ("numeric", "#### eighteen", "18", False, "not_a_number"),
         ("numeric", "the answer is \\boxed{-7}", "-7", True, "match"),
         ("numeric", "nothing", "18", False, "no_answer"),
+        # a "#### Final Answer" heading before the boxed answer no longer hijacks extraction (was not_a_number)
+        ("numeric", "Working.\n\n#### Final Answer\n\nThe answer is \\boxed{5}.", "5", True, "match"),
+        ("exact", "#### Final Answer\n\\boxed{5}", "5", True, "match"),
     ],
 )
 def test_in_process_graders(grader, completion, answer, correct, reason):
@@ -282,3 +289,61 @@ def test_module_in_current_directory(tmp_path, monkeypatch):
     assert check_grader("python:cwd_only_grader:always").module == "cwd_only_grader"
     with GraderPool("python:cwd_only_grader:always", timeout_s=10, workers=1) as pool:
         assert pool.grade("a", "whatever", {}).correct
+
+
+# -- final-answer section (task.answer_delimiter) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "grader, completion, correct, extracted, reason",
+    [
+        # the thinking names a wrong answer; only the text after the last </think> is graded
+        ("numeric", "<think>maybe \\boxed{4}? no</think>The answer is \\boxed{5}.", True, "5", "match"),
+        ("numeric", "<think>it is \\boxed{5}</think>so \\boxed{4}", False, "4", "mismatch"),
+        ("exact", "<think>#### 5</think>\n#### 5", True, "5", "match"),
+        ("exact", "<think>a</think>b</think>\n#### 5", True, "5", "match"),  # after the LAST delimiter
+        # no delimiter at all: the model never finished thinking, so there is no final answer
+        ("numeric", "<think>the answer is \\boxed{5}", False, None, "no_final_section"),
+        ("exact", "<think>#### 5", False, None, "no_final_section"),
+        ("numeric", "<think>x</think>no number here", False, None, "no_answer"),
+    ],
+)
+def test_delimiter_grades_the_final_section_only(grader, completion, correct, extracted, reason):
+    with GraderPool(grader, answer_delimiter="</think>") as pool:
+        v = pool.grade("r0", completion, {"answer": "5"})
+    assert (v.correct, v.extracted, v.status, v.reason) == (correct, extracted, "ok", reason)
+
+
+def test_without_delimiter_the_whole_completion_is_read():
+    with GraderPool("numeric") as pool:
+        v = pool.grade("r0", "<think>the answer is \\boxed{5}", {"answer": "5"})
+    assert (v.correct, v.extracted) == (True, "5")
+
+
+def test_math_verify_reads_the_final_section_only():
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        pytest.skip("math-verify not installed (pip install 'gradalign[math]')")
+    row = {"answer": "\\frac{1}{2}"}
+    with GraderPool("math-verify", timeout_s=30, workers=1, answer_delimiter="</think>") as pool:
+        after, thinking_only, none = pool.grade_many([
+            GradeItem("q", "<think>$\\boxed{0.5}$ or not</think> so $\\boxed{0.7}$", row),
+            GradeItem("q", "<think>surely $\\boxed{0.5}$", row),
+            GradeItem("q", "<think>0.7</think> the answer is $\\boxed{0.5}$", row),
+        ])
+    assert (after.correct, after.reason) == (False, "mismatch")  # 0.5 inside the thinking is not read
+    assert (thinking_only.correct, thinking_only.reason) == (False, "no_final_section")
+    assert none.correct and none.status == "ok"
+
+
+def test_python_grader_may_return_its_extracted_answer(fixtures_on_path):
+    with GraderPool("python:grader_fixtures:last_number_with_answer", timeout_s=10, workers=1) as pool:
+        right, wrong, nothing = pool.grade_many([
+            GradeItem("q", "3 + 4 = 7", {"answer": "7"}),
+            GradeItem("q", "3 + 4 = 8", {"answer": "7"}),
+            GradeItem("q", "no idea", {"answer": "7"}),
+        ])
+    assert (right.correct, right.extracted, right.reason) == (True, "7", "match")
+    assert (wrong.correct, wrong.extracted, wrong.reason) == (False, "8", "mismatch")
+    assert (nothing.correct, nothing.extracted, nothing.status) == (False, None, "ok")
