@@ -2,8 +2,8 @@
 
 Variants: `old` reads every table whole with `pq.read_table(p).to_pandas()` (what `tables.load`
 did before: object/str columns, Arrow and pandas copies alive together); `new` is `tables.load`.
-Builds a run folder once: the demo (`data/configs/demo.toml`, all 6 questions, 4 configs) diagnosed
-for real, then its tokens table tiled with shifted rollout ids up to `--rows` rows (written in row
+Builds a run folder once: the demo (`data/configs/demo.toml` cut to 2 questions x 2 rollouts, 4
+configs) diagnosed for real, then its tokens table tiled with shifted rollout ids up to `--rows` rows (written in row
 groups with the run's schema metadata; the other tables stay the real ones, so joins find the real
 rows and the rest only adds volume, as a long run would). Then, each in a fresh process, peak RSS
 and wall time of: `tables.load` (everything), `gradalign.report.report_data` on it, and the CLI
@@ -31,12 +31,14 @@ def build(run: Path, rows: int) -> None:
     import pyarrow.parquet as pq
 
     from gradalign import diagnose
-    from gradalign.config import load_config
+    from gradalign.config import apply_overrides, load_config
 
     if (run / "manifest.json").exists() and pq.ParquetFile(run / "tokens.parquet").metadata.num_rows >= rows:
         return
-    if not (run / "manifest.json").exists():
-        diagnose(load_config(ROOT / "data" / "configs" / "demo.toml"), run)
+    if not (run / "manifest.json").exists():  # a small real run (2 questions, 4 configs): the tables' real shape
+        cfg = apply_overrides(load_config(ROOT / "data" / "configs" / "demo.toml"), {
+            "task.limit": 2, "sampling.rollouts_per_question": 2, "branching.continuations": 2})
+        diagnose(cfg, run)
     src = pq.read_table(run / "tokens.parquet")
     tmp = run / "tokens.parquet.building"
     with pq.ParquetWriter(tmp, src.schema) as w:
