@@ -78,10 +78,12 @@ numbers are still defined, but the model was not a distribution over them). Trai
 their padded rows ~0 mass; rows never trained (zero rows: logit 0) can take real mass where the
 model is unsure."""
 
-LOGIT_TEMPORARIES = 12
-"""How many float32 [chunk, V_head] tensors a pair chunk holds at its peak (two logit blocks, two
-log-prob blocks, p, q, the JSD mixture and the elementwise products of KL/JSD/cosine): the divisor
-`chunk_rows` uses to keep a chunk under its byte budget. Measured by bench/bench_scoring_long.py."""
+LOGIT_TEMPORARIES = 24
+"""How many float32 [chunk, V_head] tensors' worth of memory a pair chunk takes at its peak: the
+divisor `chunk_rows` uses to keep a chunk under its byte budget. About a dozen are alive at once (two
+logit blocks, two log-prob blocks, p, q, the JSD mixture, the elementwise products of KL/JSD/cosine);
+the allocator's slack doubles that in peak RSS: with 12, bench/bench_scoring_long.py measured a
+peak of ~1.8x the 256 MiB budget on a 152k head, hence 24."""
 
 
 def restrict_to_vocab(z: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +328,7 @@ def score(
     n_tok = V if vocab_size is None else int(vocab_size)
     if n_tok > V:
         raise ValueError(f"the model's LM head has {V} rows, fewer than the tokenizer's {n_tok} ids")
-    chunk = chunk_rows(V, max_logit_bytes, temporaries=4)
+    chunk = chunk_rows(V, max_logit_bytes, temporaries=LOGIT_TEMPORARIES // 2)
     out = []
     for req, rows in zip(reqs, forward_rows(model, reqs, pad_id=pad_id, max_batch_tokens=max_batch_tokens,
                                             max_row_bytes=max_logit_bytes)):

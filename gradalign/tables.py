@@ -305,15 +305,33 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def concat_tables(name: str, paths: Sequence[Path], out: Path, meta: Mapping[str, str] | None = None) -> int:
-    """Concatenate shard files of one table into `out` (atomic). Returns the row count."""
-    import pyarrow as pa
+    """Concatenate shard files of one table into `out` (atomic), streaming: one shard in memory at a
+    time, so a 10M-row tokens table is never held whole. Returns the row count."""
     import pyarrow.parquet as pq
 
     schema = arrow_schema(name)
-    parts = [pq.read_table(p).cast(schema) for p in paths] or [schema.empty_table()]
-    table = pa.concat_tables(parts)
-    _write_parquet(name, table, Path(out), meta)
-    return table.num_rows
+    if not paths:
+        _write_parquet(name, schema.empty_table(), Path(out), meta)
+        return 0
+    md = {b"gradalign.schema_version": SCHEMA_VERSION.encode(), b"gradalign.table": name.encode()}
+    for k, v in (meta or {}).items():
+        md[f"gradalign.{k}".encode()] = str(v).encode()
+    schema = schema.with_metadata(md)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    n = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as w:
+            for p in paths:
+                t = pq.read_table(p).cast(schema)
+                w.write_table(t)
+                n += t.num_rows
+                del t
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
 
 
 def read_manifest(run_dir: str | os.PathLike) -> Manifest:
@@ -332,8 +350,22 @@ def read_manifest(run_dir: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(d, source=str(p))
 
 
-def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False) -> Tables:
-    """Read a run folder into DataFrames. Raises RunIncomplete if the manifest is missing."""
+CATEGORICAL = {"tokens": ("question_id", "config", "token_text")}
+"""String columns `load` returns as pandas categoricals (dictionary-encoded in Parquet as well): a
+10M-row tokens table repeats a few configs, questions and token strings millions of times."""
+
+
+def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
+         columns: Mapping[str, Sequence[str]] | None = None, filters: Mapping[str, Any] | None = None) -> Tables:
+    """Read a run folder into DataFrames. Raises RunIncomplete if the manifest is missing.
+
+    For large runs: `columns` {table: [column, ...]} reads only those columns of a table (others
+    are absent from its DataFrame); `filters` {table: pyarrow filter} (an expression or DNF list,
+    e.g. `{"tokens": [("branched", "==", True)]}`) reads only matching rows. The tokens table's
+    repetitive strings arrive as categoricals (`CATEGORICAL`), and each table is converted column by
+    column with Arrow's buffers released as it goes, so peak memory stays near the DataFrame's own
+    size (bench/bench_tokens_scale.py: a 10M-row tokens table).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -344,13 +376,16 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False) -> Table
         p = d / f"{name}.parquet"
         if not p.exists():
             raise RunIncomplete(f"{p}: missing table; rerun `gradalign diagnose ... --resume` to rewrite it")
+        cols = None if columns is None or name not in columns else list(columns[name])
+        cats = [c for c in CATEGORICAL.get(name, ()) if cols is None or c in cols]
         try:
-            t = pq.read_table(p)
+            t = pq.read_table(p, columns=cols, filters=(filters or {}).get(name), read_dictionary=cats or None)
         except (pa.ArrowInvalid, OSError) as e:
             raise RunIncomplete(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]}); "
                                 "rerun `gradalign diagnose ... --resume` to rewrite it") from None
         version = (t.schema.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
         if version != SCHEMA_VERSION:
             raise RunIncomplete(f"{p}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")
-        frames[name] = t.to_pandas()
+        frames[name] = t.to_pandas(self_destruct=True, split_blocks=True)
+        del t
     return Tables(manifest=manifest, **frames)
