@@ -174,3 +174,19 @@ def test_init_cli_writes_and_refuses_to_overwrite(tmp_path):
     again = run(str(path))
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     assert run(str(path), "--force").returncode == 0
+
+
+# -- the report's answer label -------------------------------------------------
+
+
+def test_report_never_prints_answer_nan():
+    import pandas as pd
+
+    from gradalign.report.heatmap import answer_label
+
+    rows = pd.DataFrame([{"extracted_answer": "Yes", "reason": "match"}, {"extracted_answer": None, "reason": "truncated; no_answer"}])
+    back = pd.DataFrame({"extracted_answer": [float("nan")], "reason": ["no_answer"]})  # a null read back as NaN
+    assert answer_label(rows.iloc[0]) == "answer Yes"
+    assert answer_label(rows.iloc[1]) == "no answer (truncated; no_answer)"
+    assert answer_label(pd.Series({"extracted_answer": float("nan"), "reason": ""})) == "no answer"
+    assert answer_label(back.iloc[0]) == "no answer (no_answer)"
