@@ -25,6 +25,7 @@ BENCHES = (
     ("scoring", "bench_scoring.py"),
     ("estimator", "bench_estimator.py"),
     ("e2e", "bench_e2e.py"),
+    ("placement", "bench_placement.py"),
 )
 
 

@@ -42,7 +42,7 @@ LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "auto")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
-SELECTOR_FORMS: tuple[str, ...] = ("every", "stride:S", "logspace", "refine")
+SELECTOR_FORMS: tuple[str, ...] = ("every", "stride:S", "logspace", "refine", "entropy")
 SECTIONS: tuple[str, ...] = ("run", "task", "student", "sampling", "branching", "distill", "teachers")
 REQUIRED_SECTIONS: tuple[str, ...] = ("task", "student", "teachers")
 STUDENT_MODEL = "student"  # teacher model name meaning "the student itself"
@@ -92,13 +92,13 @@ def _doc(default: Any, text: str) -> Any:
 
 @dataclass(frozen=True)
 class SelectorSpec:
-    """Which nodes of a rollout get branched: every | stride:S | logspace | refine."""
+    """Which nodes of a rollout get branched: every | stride:S | logspace | refine | entropy."""
 
-    kind: str = _doc(dataclasses.MISSING, "`every`, `stride`, `logspace` or `refine` (see `branching.selector`).")
+    kind: str = _doc(dataclasses.MISSING, "`every`, `stride`, `logspace`, `refine` or `entropy` (see `branching.selector`).")
     stride: int | None = _doc(None, "S of `stride` (an integer >= 1); None for the other kinds.")
 
     def __post_init__(self) -> None:
-        kinds = ("every", "stride", "logspace", "refine")
+        kinds = ("every", "stride", "logspace", "refine", "entropy")
         if self.kind not in kinds:
             raise ValueError(f"selector kind must be one of {kinds}, got {self.kind!r}")
         if self.kind == "stride":
@@ -303,7 +303,9 @@ class BranchingConfig:
         tokens). `stride:S`: positions 0, S, 2S, ... and the last. `logspace`: windows of length 1,
         1, 2, 4, 8, ... back from the end with `nodes_per_window` nodes each (O(k log T) nodes for
         O(kT) tokens; dense near the answer, sparse early). `refine`: bisects towards decisive
-        tokens with value queries, then branches the `refine_nodes` best.""")
+        tokens with value queries, then branches the `refine_nodes` best. `entropy`: the
+        `refine_nodes` positions where the student's next-token entropy is highest (its hesitations:
+        the decisions of a chain wherever they sit; one extra student forward per rollout).""")
     continuations: int = _doc(8, """
         M, continuations sampled to the end and graded per candidate token at a node (and for the
         residual bucket); a candidate's success rate is successes / M. Integer >= 1; cost is linear
@@ -353,8 +355,8 @@ class BranchingConfig:
         rate from position t. Integer >= 1; more steadies the bisection at proportional cost, paid
         from the same budget as branching.""")
     refine_nodes: int = _doc(4, """
-        `refine` only: nodes finally branched per rollout, integer >= 1: those with the largest
-        estimated |V(t+1) - V(t)| (the decisive tokens).""")
+        `refine` and `entropy`: nodes finally branched per rollout, integer >= 1: those with the
+        largest estimated |V(t+1) - V(t)| (refine) or the largest student entropy (entropy).""")
     adaptive_target_width: float = _doc(0.0, """
         Adaptive M: after the first M continuations, each candidate (not the residual bucket) whose
         Wilson 95% interval is wider than this gets more, over up to 8 extra rounds, until it is
@@ -490,11 +492,11 @@ def default_config_dict() -> dict[str, Any]:
 
 
 def parse_selector(text: str) -> SelectorSpec:
-    """Parse a selector string ("every", "stride:S", "logspace", "refine"); ValueError if bad."""
+    """Parse a selector string ("every", "stride:S", "logspace", "refine", "entropy"); ValueError if bad."""
     forms = ", ".join(repr(f) for f in SELECTOR_FORMS)
     if not isinstance(text, str):
         raise ValueError(f"must be a string, one of {forms}, got {_show(text)}")
-    if text in ("every", "logspace", "refine"):
+    if text in ("every", "logspace", "refine", "entropy"):
         return SelectorSpec(text)
     m = re.fullmatch(r"stride:(\d+)", text)
     if m and int(m.group(1)) >= 1:

@@ -1,6 +1,6 @@
 """Node selectors: which positions of a rollout get branched, within a budget.
 
-Owns: the position rules (`every`, `stride`, `logspace`, `refine`), the cost model below, budget
+Owns: the position rules (`every`, `stride`, `logspace`, `refine`, `entropy`), the cost model below, budget
 enforcement (dropping nodes, reserving for the final branching), and the lockstep query protocol
 by which `refine` asks for value estimates. Does NOT own sampling, grading, candidate
 choice, the number of candidates per node, or writing results: `pipeline.selection.select_nodes` runs the selectors,
@@ -45,6 +45,11 @@ Rules
   j = 0..k-1 (midpoints of k equal slices). This gives O(k log T) nodes whose token cost is
   O(k T): each window's nodes cost about its distance from the end, and distances double.
 - ``refine``: see `RefineSelector`.
+- ``entropy`` (K = ``refine_nodes``): the K positions where the student's next-token entropy
+  H(p(. | y_<t)) is largest (ties: later first), given by the caller as ``scores`` [T]. Reasoning-
+  aware without knowing the text: the tokens where the student hesitates are the decisions of a
+  chain (a carry, a step), wherever they sit, while the copied answer at the end is near-certain.
+  Nodes are in rank order and admitted to the budget highest entropy first.
 
 Budget: `Budget(max_tokens, max_continuations)`, 0 meaning unlimited; a plan never exceeds it.
 For every/stride/logspace, positions are admitted from the latest (cheapest) to the earliest and
@@ -76,7 +81,7 @@ from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-SELECTOR_KINDS = ("every", "stride", "logspace", "refine")
+SELECTOR_KINDS = ("every", "stride", "logspace", "refine", "entropy")
 
 
 # ----------------------------------------------------------------------------- records
@@ -301,6 +306,15 @@ def logspace_positions(n_tokens: int, nodes_per_window: int) -> tuple[int, ...]:
     return tuple(c.position for c in logspace_choices(n_tokens, nodes_per_window))
 
 
+def entropy_choices(scores: Sequence[float], k: int) -> tuple[NodeChoice, ...]:
+    """The `k` positions with the largest score (the student's entropy), highest first, ties later first."""
+    if k < 1:
+        raise ValueError(f"need k >= 1 nodes, got {k}")
+    finite = [(float(s), t) for t, s in enumerate(scores) if s == s]
+    top = sorted(finite, key=lambda st: (-st[0], -st[1]))[:k]
+    return tuple(NodeChoice(t, f"entropy H={s:.3f}", s) for s, t in top)
+
+
 # ----------------------------------------------------------------------------- selectors
 
 
@@ -337,10 +351,11 @@ class Selector:
 class StaticSelector(Selector):
     """A fixed position list (every/stride/logspace) trimmed to the budget latest-first."""
 
-    def __init__(self, kind: str, candidates: tuple[NodeChoice, ...], **kw) -> None:
+    def __init__(self, kind: str, candidates: tuple[NodeChoice, ...], *, rank_order: bool = False, **kw) -> None:
         super().__init__(**kw)
         self.kind = kind
         self.candidates = candidates
+        self.rank_order = rank_order  # admit (and list) in the given order instead of latest-first by position
         self._plan: SelectionPlan | None = None
 
     def pending(self) -> tuple[int, ...]:
@@ -359,7 +374,8 @@ class StaticSelector(Selector):
         kept: list[NodeChoice] = []
         tokens = conts = 0
         dropped: list[int] = []
-        for choice in sorted(self.candidates, key=lambda c: -c.position):
+        order = self.candidates if self.rank_order else sorted(self.candidates, key=lambda c: -c.position)
+        for choice in order:
             c = self._branch(choice.position)
             if self.budget.fits(tokens, conts, c.tokens, c.continuations):
                 kept.append(choice)
@@ -373,7 +389,8 @@ class StaticSelector(Selector):
                 self.kind, self.budget, len(dropped), len(self.candidates),
                 min(dropped), max(dropped), self.n_tokens,
             )
-        kept.sort(key=lambda c: c.position)
+        if not self.rank_order:
+            kept.sort(key=lambda c: c.position)
         return SelectionPlan(tuple(kept), tokens, conts, len(dropped), (), asked=len(self.candidates))
 
 
@@ -608,11 +625,13 @@ def make_selector(
     value_continuations: int = 4,
     refine_nodes: int = 4,
     max_new_tokens: int = 0,
+    scores: "Sequence[float] | None" = None,
 ) -> Selector:
     """Build a selector for one rollout. `kind` is one of SELECTOR_KINDS; "stride:S" also works.
 
     `stride` is required for kind "stride" and ignored otherwise. `max_new_tokens` > 0 prices
-    continuations at their true cap (see `continuation_tokens`).
+    continuations at their true cap (see `continuation_tokens`). `scores` [T] (the student's
+    entropy per position) is required for kind "entropy".
     """
     base = dict(n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations,
                 max_new_tokens=max_new_tokens)
@@ -631,6 +650,10 @@ def make_selector(
         return StaticSelector("stride", choices, **base)
     if kind == "logspace":
         return StaticSelector("logspace", logspace_choices(n_tokens, nodes_per_window), **base)
+    if kind == "entropy":
+        if scores is None or len(scores) != n_tokens:
+            raise ValueError(f"kind 'entropy' needs one score per position ({n_tokens}), got {None if scores is None else len(scores)}")
+        return StaticSelector("entropy", entropy_choices(scores, refine_nodes), rank_order=True, **base)
     if kind == "refine":
         return RefineSelector(
             nodes_per_window=nodes_per_window,

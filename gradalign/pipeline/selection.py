@@ -37,14 +37,15 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
     # refine reserves budget for its final nodes before querying: price them at the usual slot count;
     # static rules plan at the fewest slots (1: the sampled token) and `fit_branches` prices the real count
     per_node = slots_per_node(b, len(res.teachers)) if b.selector.kind == "refine" else 1
+    scores = _student_entropy(res, rollouts) if b.selector.kind == "entropy" else [None] * len(rollouts)
     sels = [
         make_selector(
             b.selector.kind, b.selector.stride, n_tokens=len(r.token_ids),
             budget=_budget(res), branch_continuations=per_node * b.continuations,
             nodes_per_window=b.nodes_per_window, value_continuations=b.value_continuations, refine_nodes=b.refine_nodes,
-            max_new_tokens=cfg.sampling.max_new_tokens,
+            max_new_tokens=cfg.sampling.max_new_tokens, scores=h,
         )
-        for r in rollouts
+        for r, h in zip(rollouts, scores)
     ]
     round_ = 0
     while True:
@@ -76,6 +77,17 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
     return [s.plan() for s in sels]
 
 
+def _student_entropy(res: Resources, rollouts: Sequence[Rollout]) -> list[list[float]]:
+    """The student's next-token entropy at every completion position of each rollout ([T] per
+    rollout, at the sampling temperature), for the `entropy` selector: one forward per rollout."""
+    from gradalign.scoring import ScoreRequest, score
+
+    tok = res.tokenizer
+    reqs = [ScoreRequest(r.prompt_ids, r.token_ids) for r in rollouts]
+    out = score(res.student, reqs, temperature=res.cfg.sampling.temperature, pad_id=tok.pad_token_id, vocab_size=len(tok))
+    return [s.entropy.tolist() for s in out]
+
+
 def _budget(res: Resources) -> Budget:
     b = res.cfg.branching
     return Budget(b.budget_tokens, b.budget_continuations)
@@ -105,7 +117,7 @@ def fit_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[Se
         if not budget.unlimited and plan.nodes:
             T = len(r.token_ids)
             costs = {t: branch_cost(T, t, branch_slots(br) * M, L) for t, br in built.get(key, {}).items()}
-            plan = fit_to_budget(plan, budget, costs, rank_order=cfg.branching.selector.kind == "refine")
+            plan = fit_to_budget(plan, budget, costs, rank_order=cfg.branching.selector.kind in ("refine", "entropy"))
         out_plans.append(plan)
         kept.update((*key, t) for t in plan.positions)
     out_branches = [br for br in branches if (br.rollout.question_id, br.rollout.rollout_id, br.position) in kept]

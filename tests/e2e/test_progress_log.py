@@ -3,6 +3,7 @@ with tokens/s and ETA, and the run's warnings in the summary."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from tests.conftest import cli
@@ -30,3 +31,9 @@ def test_plain_progress_lines_and_summary_warnings(tmp_path):
     # the summary's warnings: few questions, and the budget that kept fewer nodes than asked
     assert "warning: Only 2 questions" in r.stdout
     assert "warning: The node budget kept fewer nodes than the selector asked for" in r.stdout
+    # the budget priced with actual candidate counts: no rollout spends more than 6 continuations, and
+    # the continuations sampled (EOS-first candidates need none) stay within what was priced
+    m = json.loads((out / "manifest.json").read_text())
+    assert all(s["spent_continuations"] <= 6 and s["nodes"] <= s["asked"] for s in m["selection"])
+    assert any(s["nodes"] < s["asked"] for s in m["selection"])
+    assert m["continuations"] <= sum(s["spent_continuations"] for s in m["selection"])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gradalign.selectors import (
     Budget,
     Cost,
@@ -85,3 +87,21 @@ def test_budget_note_words_the_shortfall():
     assert budget_note([full, full], Budget(max_continuations=40)) == ""
     note = budget_note([full, short], Budget(max_continuations=40))
     assert note == "budget 40 continuations kept fewer nodes than asked in 1 of 2 rollouts (2 of 5 nodes kept)"
+
+
+def test_entropy_selector_ranks_by_student_entropy_and_admits_in_rank_order():
+    from gradalign.config import parse_selector
+    from gradalign.selectors import entropy_choices
+
+    h = [0.1, 0.9, 0.2, 0.9, 0.05, 0.7]  # ties: later first
+    assert [c.position for c in entropy_choices(h, 3)] == [3, 1, 5]
+    plan = make_selector("entropy", None, n_tokens=6, budget=Budget(), branch_continuations=2, refine_nodes=3,
+                         scores=h).plan()
+    assert plan.positions == (3, 1, 5) and plan.asked == 3 and not plan.short  # rank order, like refine
+    # a budget admits the highest-entropy nodes first, whatever their cost: 2 continuations each, room for 2
+    tight = make_selector("entropy", None, n_tokens=6, budget=Budget(max_continuations=4), branch_continuations=2,
+                          refine_nodes=3, scores=h).plan()
+    assert tight.positions == (3, 1) and tight.dropped == 1 and tight.short
+    assert str(parse_selector("entropy")) == "entropy"
+    with pytest.raises(ValueError, match="one score per position"):
+        make_selector("entropy", None, n_tokens=6, budget=Budget(), branch_continuations=2)
