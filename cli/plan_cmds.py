@@ -53,6 +53,7 @@ def plan_cmd(
     probe: bool = typer.Option(False, "--probe", help="load the models and diagnose a few questions here (nothing written) to measure"),
     probe_questions: int = typer.Option(2, "--probe-questions", help="with --probe: questions to diagnose"),
     workers: List[int] = typer.Option([1, 2, 8], "--workers", help="with --probe: estimate the wall time for N workers (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan record as JSON (totals and wall times included)"),
 ) -> None:
     """Planned rollouts, nodes, continuations and generated tokens per stage, per question and in total.
 
@@ -72,6 +73,13 @@ def plan_cmd(
     if probe and probe_questions < 1:
         raise GradalignError(f"--probe-questions must be at least 1, got {probe_questions}")
     plan = plan_run(_load_config(config, set_), mean_tokens=mean_tokens, probe=probe_questions if probe else 0)
+    if as_json:
+        import dataclasses
+        import json
+
+        typer.echo(json.dumps({**dataclasses.asdict(plan), "tokens": plan.tokens, "continuations": plan.continuations,
+                               "seconds": plan.seconds, "wall_seconds": {n: plan.wall_seconds(n) for n in workers}}, indent=1))
+        return
     for line in plan_lines(plan, tuple(workers)):
         typer.echo(line)
 

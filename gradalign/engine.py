@@ -1,10 +1,11 @@
 """The run: shards of questions through the pipeline, written as they finish, the manifest last.
 
-Owns: `diagnose` (load once, then for each shard of questions run the pipeline stages
-(`gradalign.pipeline`: rollouts -> selection -> scoring -> branching -> alignment), write the
-shard's four tables atomically, then concatenate them and write the manifest last), resume (finished
-shards of a run with the same config fingerprint are kept), the config fingerprint, and the
-manifest's contents. Does not own any stage's work (`gradalign.pipeline`), the table schemas and
+Owns: `diagnose` (plan the shards, have the executor compute those not finished yet, write each
+shard's four tables atomically as it returns, then concatenate them and write the manifest last),
+`process_shard` (one shard through the pipeline stages, `gradalign.pipeline`: rollouts -> selection
+-> scoring -> branching -> alignment), resume (finished shards of a run with the same config
+fingerprint are kept), the config fingerprint, and the manifest's contents. How and where shards
+are computed (this process, or Ray actors) is `gradalign.executors`'. Does not own any stage's work (`gradalign.pipeline`), the table schemas and
 writers (`gradalign.tables`), input checks (`gradalign.preflight`, run inside `load_resources`), or
 the run folder itself (`gradalign.runfolder`: writability, the lock, the layout, the shard plan on
 resume and which finished shards are kept).
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gradalign.config import STUDENT_MODEL, RunConfig
-from gradalign.executors import Executor, LocalExecutor, open_executor
+from gradalign.executors import Executor, open_executor
 from gradalign.graders import GraderBroken
 from gradalign.pipeline import (
     Resources,
@@ -193,7 +194,7 @@ def diagnose(
         from gradalign.plan import check_max_tokens, plan_run
 
         check_max_tokens(plan_run(cfg, mean_tokens=mean_tokens), max_tokens)
-    ex = open_executor(cfg, executor, address)  # Ray missing: one line, before anything is touched
+    ex = open_executor(cfg, executor, address, progress)  # Ray missing: one line, before anything is touched
     check_writable(out)  # before anything is written or any model loads
     tally = Tally()
     with RunLock(out):
@@ -208,8 +209,6 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
     fp = config_fingerprint(cfg)
     recorded = open_run(out, fp, resume)
     t_start = time.perf_counter()
-    if isinstance(ex, LocalExecutor):
-        ex.progress = progress
     timings: dict[str, float] = {}
     infos: dict[int, dict] = {}  # shard index -> shard.json contents, kept or computed
     workers: dict[str, dict] = {}  # worker -> shards and seconds (manifest)

@@ -51,11 +51,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_executor(cfg: RunConfig, kind: str | None = None, address: str | None = None) -> "Executor":
-    """The executor for `cfg` (`cfg.executor.kind`, or `kind` when given: the CLI's --executor)."""
+def open_executor(cfg: RunConfig, kind: str | None = None, address: str | None = None, progress=None) -> "Executor":
+    """The executor for `cfg` (`cfg.executor.kind`, or `kind` when given: the CLI's --executor).
+    `progress` (stage, done, total) gets per-stage calls from the local executor only."""
     kind = kind or cfg.executor.kind
     if kind == "local":
-        return LocalExecutor(cfg)
+        return LocalExecutor(cfg, progress)
     if kind == "ray":
         return RayExecutor(cfg, cfg.executor.address if address is None else address)
     raise ExecutorError(f"executor: unknown kind {kind!r}; choose local or ray")
