@@ -164,18 +164,26 @@ def _load_config(config_path: Path, overrides: list[str]):
     return apply_overrides(cfg, parse_overrides(overrides)) if overrides else cfg
 
 
-def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int, progress_every: float = 10.0) -> None:
+def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int, executor: str | None = None, address: str | None = None,
+                  max_tokens: int | None = None, mean_tokens: float | None = None, progress_every: float = 10.0) -> None:
     import json
     import logging
     import shlex
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from gradalign.cli.plan_cmds import plan_lines
     from gradalign.cli.progress import progress_display
 
     from gradalign.engine import diagnose
+    from gradalign.plan import check_max_tokens, plan_run
 
+    plan = plan_run(cfg, mean_tokens=mean_tokens)  # no weights: the opening lines, and what --max-tokens checks
+    for line in plan_lines(plan):
+        typer.echo(line)
+    if max_tokens is not None:
+        check_max_tokens(plan, max_tokens)  # before anything is written
     with progress_display(progress_every) as cb:
-        run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb)
+        run = diagnose(cfg, out, resume=resume, shard_size=shard_size, progress=cb, executor=executor, address=address)
     _render_summary(run)
     f = run.manifest.faults
     if any(f.values()):
@@ -195,15 +203,26 @@ def diagnose_cmd(
     shard_size: int = typer.Option(8, help="questions per shard (the unit written to disk and resumed)"),
     progress_every: float = typer.Option(10.0, help="without a terminal: seconds between progress lines per stage "
                                                     "(a line also at each 10% step and when a stage finishes)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local | ray: how shards are run (default: the config's executor.kind, local)"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: the Ray cluster, e.g. auto (default: executor.address)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="refuse to start if the plan generates more tokens than this"),
+    mean_tokens: Optional[float] = typer.Option(None, "--mean-tokens", help="mean rollout length the plan assumes (default: sampling.max_new_tokens)"),
 ) -> None:
     """Diagnose teacher/context configs: per-token alignment of distillation and ideal gradients.
 
-    Progress goes to stderr: live bars on a terminal, plain `progress:` lines otherwise (counts over
-    the whole run, tokens/s, ETA).
+    Prints the cost plan first (`gradalign plan`). Progress goes to stderr: live bars on a terminal,
+    plain `progress:` lines otherwise (counts over the whole run, tokens/s, ETA). With --executor
+    ray, whole shards run on Ray actors (pip install 'gradalign[ray]'); the tables are the same as
+    with local.
 
-    Example: gradalign diagnose data/configs/demo.toml --out runs/demo --set task.limit=20
+    Example: gradalign diagnose data/configs/demo.toml --out runs/demo --set task.limit=20 --executor ray --address auto
     """
-    _run_diagnose(_load_config(config, set_), out, resume, shard_size, progress_every)
+    cfg = _load_config(config, set_)
+    if executor is not None and executor not in ("local", "ray"):
+        from gradalign.errors import GradalignError
+
+        raise GradalignError(f"--executor: must be local or ray, got {executor!r}")
+    _run_diagnose(cfg, out, resume, shard_size, executor, address, max_tokens, mean_tokens, progress_every)
 
 
 @app.command("demo")
@@ -245,6 +264,9 @@ _register_analysis(app)
 from gradalign.cli.config_cmds import register as _register_config  # noqa: E402  (config)
 
 _register_config(app)
+from gradalign.cli.plan_cmds import register as _register_plan  # noqa: E402  (plan)
+
+_register_plan(app)
 
 
 def main() -> None:

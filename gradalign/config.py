@@ -41,9 +41,10 @@ logger = logging.getLogger(__name__)
 LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "auto")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
 SELECTOR_FORMS: tuple[str, ...] = ("every", "stride:S", "logspace", "refine", "entropy")
-SECTIONS: tuple[str, ...] = ("run", "task", "student", "sampling", "branching", "distill", "teachers")
+SECTIONS: tuple[str, ...] = ("run", "task", "student", "sampling", "branching", "distill", "executor", "teachers")
 REQUIRED_SECTIONS: tuple[str, ...] = ("task", "student", "teachers")
 STUDENT_MODEL = "student"  # teacher model name meaning "the student itself"
 
@@ -389,6 +390,35 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """The `[executor]` table: how shards are run. Not part of the config fingerprint, so a run
+    started with one executor resumes with another (`--resume`)."""
+
+    kind: str = _doc("local", """
+        `local`: every shard in this process, one after another. `ray`: whole shards on Ray actors
+        (`pip install 'gradalign[ray]'`), each loading the student, teachers and sampler once; the
+        driver writes each shard as it returns and the manifest last. Same tables either way (same
+        config and seed); `--executor` on the command line overrides it.""")
+    address: str = _doc("", """
+        Ray only: the cluster to join, e.g. `auto` (the cluster `ray start --head` started on this
+        machine) or `ray://HOST:10001`; `""` = start a private Ray instance on this machine for the
+        run (or use the one this Python process already initialised).""")
+    workers: int = _doc(0, """
+        Ray only: actors to start, integer >= 0; 0 = as many as the cluster's CPUs and GPUs allow
+        with `num_cpus` / `num_gpus` each, never more than the shards left to compute.""")
+    num_cpus: float = _doc(1.0, """
+        Ray only: CPUs reserved per actor, > 0 (Ray also sets the actor's thread count from it).""")
+    num_gpus: float = _doc(0.0, """
+        Ray only: GPUs reserved per actor, >= 0; 0 = none on `student.device = "cpu"`, else one per
+        actor, or the model config's vLLM `tensor_parallel_size` when that field is set and larger.
+        A fraction (e.g. 0.5) packs several small-model actors onto one GPU.""")
+    max_retries: int = _doc(3, """
+        Ray only: restarts of a worker that dies (killed, out of memory, node lost) and retries of
+        the shard it was running, integer >= 0. A shard whose worker is gone for good goes to
+        another worker; shards already written are never recomputed.""")
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """One `[[teachers]]` table."""
 
@@ -441,6 +471,9 @@ class RunConfig:
     teachers: tuple[TeacherConfig, ...] = _doc(dataclasses.MISSING, """
         One `[[teachers]]` table per teacher/context config to diagnose. Required, at least
         one.""")
+    executor: ExecutorConfig = _doc(ExecutorConfig(), """
+        How shards are run: in this process or on a Ray cluster. Optional; no effect on results and
+        left out of the config fingerprint.""")
     source: str = field(default="<dict>", compare=False, metadata={"doc": (
         "Where the config came from (file path or `<dict>`); not a TOML key, not part of equality or hashing.")})
 
@@ -488,6 +521,7 @@ def default_config_dict() -> dict[str, Any]:
         branching=BranchingConfig(),
         distill=DistillConfig(),
         teachers=(TeacherConfig(),),
+        executor=ExecutorConfig(),
     ).to_dict()
 
 
@@ -611,6 +645,7 @@ def config_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
         branching=_parse_branching(_Section(source, "branching", d.get("branching", {}), BranchingConfig)),
         distill=_parse_distill(_Section(source, "distill", d.get("distill", {}), DistillConfig)),
         teachers=_parse_teachers(source, d["teachers"]),
+        executor=_parse_executor(_Section(source, "executor", d.get("executor", {}), ExecutorConfig)),
         source=source,
     )
     for warning in config_warnings(cfg):
@@ -726,6 +761,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "sampling": SamplingConfig,
     "branching": BranchingConfig,
     "distill": DistillConfig,
+    "executor": ExecutorConfig,
     "teachers": TeacherConfig,
 }
 
@@ -1093,6 +1129,17 @@ def _parse_distill(s: _Section) -> DistillConfig:
         seen.add(loss)
     return DistillConfig(losses=tuple(raw), jsd_beta=s.float("jsd_beta", ge=0, le=1),
                          teacher_temperature=s.float("teacher_temperature", ge=0))
+
+
+def _parse_executor(s: _Section) -> ExecutorConfig:
+    return ExecutorConfig(
+        kind=s.choice("kind", EXECUTORS),
+        address=s.str("address"),
+        workers=s.int("workers", lo=0),
+        num_cpus=s.float("num_cpus", gt=0),
+        num_gpus=s.float("num_gpus", ge=0),
+        max_retries=s.int("max_retries", lo=0),
+    )
 
 
 def _parse_teachers(source: str, raw: object) -> tuple[TeacherConfig, ...]:

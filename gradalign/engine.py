@@ -1,10 +1,11 @@
 """The run: shards of questions through the pipeline, written as they finish, the manifest last.
 
-Owns: `diagnose` (load once, then for each shard of questions run the pipeline stages
-(`gradalign.pipeline`: rollouts -> selection -> scoring -> branching -> alignment), write the
-shard's four tables atomically, then concatenate them and write the manifest last), resume (finished
-shards of a run with the same config fingerprint are kept), the config fingerprint, and the
-manifest's contents. Does not own any stage's work (`gradalign.pipeline`), the table schemas and
+Owns: `diagnose` (plan the shards, have the executor compute those not finished yet, write each
+shard's four tables atomically as it returns, then concatenate them and write the manifest last),
+`process_shard` (one shard through the pipeline stages, `gradalign.pipeline`: rollouts -> selection
+-> scoring -> branching -> alignment), resume (finished shards of a run with the same config
+fingerprint are kept), the config fingerprint, and the manifest's contents. How and where shards
+are computed (this process, or Ray actors) is `gradalign.executors`'. Does not own any stage's work (`gradalign.pipeline`), the table schemas and
 writers (`gradalign.tables`), input checks (`gradalign.preflight`, run inside `load_resources`), or
 the run folder itself (`gradalign.runfolder`: writability, the lock, the layout, the shard plan on
 resume and which finished shards are kept).
@@ -31,12 +32,12 @@ from pathlib import Path
 from typing import Sequence
 
 from gradalign.config import STUDENT_MODEL, RunConfig
+from gradalign.executors import Executor, open_executor
 from gradalign.graders import GraderBroken
 from gradalign.pipeline import (
     Resources,
     align,
     fit_branches,
-    load_resources,
     mark_branched,
     plan_branches,
     run_branches,
@@ -89,11 +90,15 @@ class ShardResult:
     prefix_hashes: dict  # "question|config" -> teacher prefix hash
     selection: list  # per rollout: nodes, dropped, spent tokens and continuations
     grader_faults: dict  # grader_errors / grader_timeouts over every graded call (rollouts, value queries, branches)
+    generated_tokens: dict = dataclasses.field(default_factory=dict)  # stage -> tokens the sampler generated (EOS counted)
 
 
 def config_fingerprint(cfg: RunConfig) -> str:
-    """Hash of the resolved config: resume continues only a run with the same fingerprint."""
-    return hashlib.blake2b(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    """Hash of the resolved config: resume continues only a run with the same fingerprint. The
+    `[executor]` section is left out: how shards are run does not change them."""
+    d = cfg.to_dict()
+    d.pop("executor", None)
+    return hashlib.blake2b(json.dumps(d, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
 def _git_commit() -> str | None:
@@ -105,10 +110,30 @@ def _git_commit() -> str | None:
         return None
 
 
+class CountingSampler:
+    """A `Sampler` that counts the tokens its wrapped sampler generates (a completion's tokens,
+    plus its EOS when it ended with one): what the cost plan predicts and the manifest reports."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.tokens, self.sequences = inner, 0, 0
+
+    def sample(self, prompts, seeds, max_new=None):
+        out = self.inner.sample(prompts, seeds, max_new)
+        self.tokens += sum(len(c.token_ids) + int(c.ended_with_eos) for c in out)
+        self.sequences += len(out)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | ProgressTracker | None = None) -> ShardResult:
     """Every pipeline stage for one shard of questions (see `gradalign.pipeline`). `progress`: the
     run's tracker, or a callback (then counts and totals cover this shard only)."""
     timings: dict[str, float] = {}
+    generated: dict[str, int] = {}
+    counter = CountingSampler(res.sampler)
+    res = dataclasses.replace(res, sampler=counter)
     tr = progress if isinstance(progress, ProgressTracker) else ProgressTracker(progress)
     if not isinstance(progress, ProgressTracker):
         n = len(rows) * res.cfg.sampling.rollouts_per_question
@@ -116,10 +141,11 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Pro
         tr.expect("score", n)
 
     def timed(stage: str, fn, *args):
-        t0 = time.perf_counter()
+        t0, n0 = time.perf_counter(), counter.tokens
         with tr.stage(stage):
             out = fn(*args)
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+        generated[stage] = generated.get(stage, 0) + counter.tokens - n0
         return out
 
     g0 = res.grader.stats
@@ -147,6 +173,7 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Pro
         ],
         grader_faults={"grader_errors": res.grader.stats.errors - g0.errors,
                        "grader_timeouts": res.grader.stats.timeouts - g0.timeouts},
+        generated_tokens={k: v for k, v in generated.items() if v},
     )
 
 
@@ -173,80 +200,106 @@ def diagnose(
     resume: bool = False,
     shard_size: int = 8,
     progress: Progress | None = None,
+    executor: str | None = None,
+    address: str | None = None,
+    max_tokens: int | None = None,
+    mean_tokens: float | None = None,
 ) -> Run:
     """Run the full diagnosis for `cfg`, writing tables and the manifest under `out`.
 
     Shards of `shard_size` questions are written as they finish (out/shards/NNNNN/); the top-level
     tables are their concatenation and manifest.json is written last. With `resume`, finished
     shards of a run with the same config fingerprint are kept (in the shard size the run started
-    with) and only the rest is computed. One writer per folder: `out` is locked for the whole run.
-    Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt) saying how many shards were kept.
+    with) and only the rest is computed, whichever executor made them. One writer per folder:
+    `out` is locked for the whole run. Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt)
+    saying how many shards were kept.
+
+    `executor` ("local" | "ray") and `address` override `cfg.executor.kind` / `.address`
+    (`gradalign.executors`). `max_tokens`: refuse to start (`PlanTooCostly`, nothing written) when
+    the cost plan (`gradalign.plan.plan_run`, assuming rollouts of `mean_tokens` tokens, default
+    the cap) exceeds that many generated tokens.
     """
     out = Path(out)
     check_shard_size(shard_size)
+    if max_tokens is not None:
+        from gradalign.plan import check_max_tokens, plan_run
+
+        check_max_tokens(plan_run(cfg, mean_tokens=mean_tokens), max_tokens)
+    ex = open_executor(cfg, executor, address)  # Ray missing: one line, before anything is touched
     check_writable(out)  # before anything is written or any model loads
     tally = Tally()
     with RunLock(out):
         try:
-            return _run(cfg, out, resume, shard_size, progress, tally)
+            return _run(cfg, out, resume, shard_size, progress, tally, ex)
         except KeyboardInterrupt:
             raise RunInterrupted(tally.kept, tally.total) from None
 
 
-def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Progress | None, tally: Tally) -> Run:
+def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Progress | None, tally: Tally,
+         ex: Executor) -> Run:
     fp = config_fingerprint(cfg)
     recorded = open_run(out, fp, resume)
     t_start = time.perf_counter()
-    res = load_resources(cfg)  # every input check happens here, before anything is written
-    timings: dict[str, float] = {"load": time.perf_counter() - t_start}
-    rows = list(res.task.rows)
-    requested, shard_size = shard_size, resume_shard_size(out, recorded, shard_size)
-    shards = [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
-    tally.total = len(shards)
+    timings: dict[str, float] = {}
+    infos: dict[int, dict] = {}  # shard index -> shard.json contents, kept or computed
+    workers: dict[str, dict] = {}  # worker -> shards and seconds (manifest)
     tracker = ProgressTracker(progress)
-    selection, prefix_hashes, n_cont, resumed = [], {}, 0, 0
-    grader_faults = {"grader_errors": 0, "grader_timeouts": 0}  # summed over shards, resumed ones included
     try:
-        kept = (finished_shards(out, shards, res.task.row_id, fp, shard_size=shard_size, requested=requested)
+        task = ex.open()  # every input check happens here, before anything is written
+        timings["load"] = time.perf_counter() - t_start
+        rows = list(task.rows)
+        requested, shard_size = shard_size, resume_shard_size(out, recorded, shard_size)
+        shards = [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
+        tally.total = len(shards)
+        kept = (finished_shards(out, shards, task.row_id, fp, shard_size=shard_size, requested=requested)
                 if recorded is not None else {})  # checked before any shard is computed
         tally.kept = len(kept)
-        todo = sum(len(s) for k, s in enumerate(shards) if k not in kept)  # questions to compute
-        n_roll = todo * cfg.sampling.rollouts_per_question
-        for stage, units in (("rollouts", n_roll), ("score", n_roll), ("questions", todo)):
+        infos.update(kept)
+        for k in sorted(kept):
+            log.info("shard %d/%d already complete; skipped", k + 1, len(shards))
+        todo = [(k, shard) for k, shard in enumerate(shards) if k not in kept]
+        n_todo = sum(len(shard) for _, shard in todo)  # questions to compute
+        n_roll = n_todo * cfg.sampling.rollouts_per_question
+        for stage, units in (("rollouts", n_roll), ("score", n_roll), ("questions", n_todo)):
             tracker.expect(stage, units)
-        started = 0
         with writing(out, "shards/run.json", tally):
             write_run_info(out, fp, cfg.to_dict(), cfg.source, shard_size)
             (out / "manifest.json").unlink(missing_ok=True)  # rewritten last; its absence marks an incomplete run
-        for k, shard in enumerate(shards):
-            info = kept.get(k)
-            if info is not None:
-                resumed += 1
-                log.info("shard %d/%d already complete; skipped", k + 1, len(shards))
-            else:
-                started += len(shard)
-                tracker.planned(started, todo)
-                r = process_shard(res, shard, tracker)
-                for st, v in r.timings.items():
-                    timings[st] = timings.get(st, 0.0) + v
-                info = {"config_fingerprint": fp, "questions": [res.task.row_id(q) for q in shard], "timings": r.timings,
-                        "selection": r.selection, "prefix_hashes": r.prefix_hashes, "continuations": r.continuations,
-                        "grader_faults": r.grader_faults}
-                with writing(out, f"shard {k + 1} of {len(shards)}", tally):
-                    write_shard(out, k, r.tables, info, fp)
-                tally.kept += 1
-                tracker.advance(len(shard), stage="questions")
-            selection += info["selection"]
-            prefix_hashes.update(info["prefix_hashes"])
-            n_cont += info["continuations"]
-            for kind, v in info.get("grader_faults", {}).items():
-                grader_faults[kind] = grader_faults.get(kind, 0) + v
+        for done in ex.run(todo, tracker):  # in completion order; each shard written under its own index as it returns
+            k, r = done.index, done.result
+            for st, v in r.timings.items():
+                timings[st] = timings.get(st, 0.0) + v
+            w = workers.setdefault(done.worker, {"shards": 0, "seconds": 0.0})
+            w["shards"] += 1
+            w["seconds"] = round(w["seconds"] + done.seconds, 3)
+            info = {"config_fingerprint": fp, "questions": [task.row_id(q) for q in shards[k]], "timings": r.timings,
+                    "selection": r.selection, "prefix_hashes": r.prefix_hashes, "continuations": r.continuations,
+                    "grader_faults": r.grader_faults, "generated_tokens": r.generated_tokens, "worker": done.worker}
+            with writing(out, f"shard {k + 1} of {len(shards)}", tally):
+                write_shard(out, k, r.tables, info, fp)
+            infos[k] = info
+            tally.kept += 1
+            tracker.advance(len(shards[k]), stage="questions")
+        grader_stats = ex.grader_stats()
+        model_hashes = ex.model_hashes()
     except GraderBroken as e:
         raise GraderBroken(f"{e}; finished shards are kept ({tally.kept} of {tally.total})") from None
     finally:
-        res.grader.close()
-        res.sampler.close()
+        ex.close()
 
+    selection, prefix_hashes, n_cont = [], {}, 0
+    grader_faults = {"grader_errors": 0, "grader_timeouts": 0}  # summed over shards, resumed ones included
+    generated: dict[str, int] = {}
+    for k in range(len(shards)):  # in shard order, whatever order they finished in
+        info = infos[k]
+        selection += info["selection"]
+        prefix_hashes.update(info["prefix_hashes"])
+        n_cont += info["continuations"]
+        for kind, v in info.get("grader_faults", {}).items():
+            grader_faults[kind] = grader_faults.get(kind, 0) + v
+        for stage, v in info.get("generated_tokens", {}).items():
+            generated[stage] = generated.get(stage, 0) + v
+    res_hashes = model_hashes
     with writing(out, "the run tables", tally):
         counts = {name: concat_tables(name, [shard_dir(out, k) / f"{name}.parquet" for k in range(len(shards))],
                                       out / f"{name}.parquet", {"config_fingerprint": fp}) for name in TABLES}
@@ -267,20 +320,21 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
         config=cfg.to_dict(),
         config_source=cfg.source,
         models={
-            "student": {"ref": cfg.student.model, "hash": res.model_hashes.get(cfg.student.model)},
+            "student": {"ref": cfg.student.model, "hash": res_hashes.get(cfg.student.model)},
             "teachers": {t.name: {"model": t.model,
-                                  "hash": res.model_hashes.get(cfg.student.model if t.model == STUDENT_MODEL else t.model),
+                                  "hash": res_hashes.get(cfg.student.model if t.model == STUDENT_MODEL else t.model),
                                   "context": t.context}
                          for t in cfg.teachers},
         },
         seeds={"run": cfg.run.seed, "derivation": "blake2b(run seed, stage, question id, rollout, position, token, index)"},
-        task={"source": res.task.source, "questions": len(rows)},
+        task={"source": task.source, "questions": len(rows)},
         row_counts=counts,
         continuations=n_cont,
-        shards={"total": len(shards), "resumed": resumed, "size": shard_size},
+        shards={"total": len(shards), "resumed": len(shards) - len(todo), "size": shard_size, "executor": ex.name,
+                "workers": workers, "generated_tokens": generated},
         selection=selection,
         teacher_prefix_hashes=prefix_hashes,
-        grader={"spec": cfg.task.grader, **dataclasses.asdict(res.grader.stats)},
+        grader={"spec": cfg.task.grader, **grader_stats},
         faults=faults,
         timings_s={k: round(v, 3) for k, v in timings.items()},
         columns={name: [c for c, _, _ in COLUMNS[name]] for name in TABLES},

@@ -174,7 +174,7 @@ class Manifest(Mapping):
     task: dict  # {"source": task file, "questions": count}
     row_counts: dict  # table name -> rows
     continuations: int  # continuations sampled for branches (all rounds)
-    shards: dict  # {"total", "resumed", "size"}
+    shards: dict  # {"total", "resumed", "size", "executor", "workers": {worker: {shards, seconds}}, "generated_tokens": {stage: n}}
     selection: list  # per rollout: nodes chosen, nodes dropped by the budget, tokens/continuations spent
     teacher_prefix_hashes: dict  # "question|config" -> hash of the teacher's token prefix
     grader: dict  # {"spec", hits, misses, errors, timeouts, ...} (`graders.GraderStats` of this process)
