@@ -88,6 +88,17 @@ def config_fingerprint(cfg: RunConfig) -> str:
     return hashlib.blake2b(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
+def _param_scope(cfg: RunConfig, student) -> dict:
+    """The manifest's record of the parameter scope `cos_params` covers ({} for logit-only runs)."""
+    if "params" not in cfg.alignment.space:
+        return {}
+    from gradalign.param_space import resolve_scope
+
+    scope = resolve_scope(student, cfg.alignment.scope)
+    return {"param_scope": {"spec": scope.spec, "method": cfg.alignment.method, "parameters": scope.n_params,
+                            "names": list(scope.names)}}
+
+
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parent.parent
@@ -229,7 +240,8 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
         config=cfg.to_dict(),
         config_source=cfg.source,
         models={
-            "student": {"ref": cfg.student.model, "hash": res.model_hashes.get(cfg.student.model)},
+            "student": {"ref": cfg.student.model, "hash": res.model_hashes.get(cfg.student.model),
+                        **_param_scope(cfg, res.student)},
             "teachers": {t.name: {"model": t.model,
                                   "hash": res.model_hashes.get(cfg.student.model if t.model == STUDENT_MODEL else t.model),
                                   "context": t.context}

@@ -241,7 +241,8 @@ def param_cosines(gram: torch.Tensor, masses: torch.Tensor, S: torch.Tensor, rep
     gram: ``[K+1+C, K+1+C]`` Gram of ``J^T`` of (the K+1 basis vectors of `node_basis`, then the C
     distillation directions); masses: ``[K+1]`` (see `ideal_coefficients`); S: ``[K+1]`` the point
     estimate of the success rates; replicates: optional ``[B, K+1]`` replicate success vectors (e.g.
-    `binomial_replicates`), whose spread of cos gives `ParamCosines.se`; sketch_k: the number of
+    `binomial_replicates`), whose spread of cos gives `ParamCosines.se` (over the replicates where cos is
+    defined: one whose g* is zero has none; NaN when fewer than two are); sketch_k: the number of
     tangents when `gram` is a sketch, for `ParamCosines.sketch_se`.
     """
     G = gram.double()
@@ -252,8 +253,11 @@ def param_cosines(gram: torch.Tensor, masses: torch.Tensor, S: torch.Tensor, rep
     se = torch.full((C,), math.nan, dtype=torch.float64)
     if replicates is not None and replicates.shape[0] > 1:
         rc, _ = _cos_from_gram(Gbb, Gbd, dd, ideal_coefficients(masses.double(), replicates.double()), eps)
-        ok = torch.isfinite(rc).all(0)
-        se = torch.where(ok, rc.std(0), se)
+        fin = torch.isfinite(rc)
+        n = fin.sum(0)
+        mean = torch.where(fin, rc, 0).sum(0) / n.clamp_min(1)
+        var = torch.where(fin, (rc - mean) ** 2, 0).sum(0) / (n - 1).clamp_min(1)
+        se = torch.where(n >= 2, var.sqrt(), se)
     sk = (1 - cos**2) / math.sqrt(sketch_k) if sketch_k else torch.full((C,), math.nan, dtype=torch.float64)
     return ParamCosines(cos, float(ng), dd.clamp_min(0).sqrt(), se, sk)
 
@@ -584,3 +588,49 @@ def sketch_grams(model, input_ids: torch.Tensor, nodes: Sequence[NodeVectors], s
             for j, v in enumerate(vecs):
                 sk[j][:, i0:i0 + kc] = v @ dz_h[:, j].T
     return [s @ s.T / k for s in sk]
+
+
+# --------------------------------------------------------------------------- one rollout, as the alignment stage asks
+
+
+@dataclass(frozen=True)
+class ParamNode:
+    """One node's logit-space inputs (the alignment stage builds them; shapes as the module docstring).
+
+    row: the logits row predicting the node's token in the rollout's sequence; p: ``[V]`` student
+    probabilities; ids: ``[K]`` candidate ids; S: ``[K+1]`` success rates (candidates, then the residual
+    rate, as `estimates.full_vocab_success` fills the rest of the vocabulary); directions: ``[C, V]``
+    distillation descent directions (non-finite rows are treated as zero: their cosine is NaN);
+    replicates: optional ``[B, K+1]`` replicate success vectors for `ParamCosines.se`.
+    """
+
+    row: int
+    p: torch.Tensor
+    ids: torch.Tensor
+    S: torch.Tensor
+    directions: torch.Tensor
+    replicates: torch.Tensor | None = None
+
+
+def rollout_param_cosines(model, input_ids: torch.Tensor, nodes: Sequence[ParamNode], scope: Scope, *, method: str,
+                          k: int = 64, memory_mb: int = 256, scale: float = 1.0, seed: int = 0) -> list[ParamCosines]:
+    """`ParamCosines` for every node of one rollout (input_ids ``[L]``: prompt + completion), from one
+    `exact_grams` or `sketch_grams` call over the basis and directions of all its nodes."""
+    vecs = []
+    for nd in nodes:
+        d = nd.directions.double()
+        d = torch.where(torch.isfinite(d).all(-1, keepdim=True), d, torch.zeros_like(d))
+        vecs.append(NodeVectors(nd.row, torch.cat([node_basis(nd.p.double(), nd.ids.long()), d])))
+    if method == "exact":
+        grams = exact_grams(model, input_ids, vecs, scope, scale=scale, budget_bytes=memory_mb << 20)
+        sk = None
+    elif method == "sketch":
+        grams = sketch_grams(model, input_ids, vecs, scope, k=k, seed=seed, scale=scale)
+        sk = k
+    else:
+        raise ValueError(f"method must be 'exact' or 'sketch', got {method!r}")
+    out = []
+    for nd, gram in zip(nodes, grams):
+        masses = node_basis(nd.p.double(), nd.ids.long()).sum(1)
+        out.append(param_cosines(gram, masses, nd.S, nd.replicates, sketch_k=sk))
+    return out

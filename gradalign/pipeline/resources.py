@@ -58,6 +58,10 @@ def load_resources(cfg: RunConfig) -> Resources:
     sref = models.resolve(cfg.student.model, gguf_file=cfg.student.gguf_file, revision=cfg.student.revision)
     student = models.load(sref, dtype=cfg.student.dtype, device=cfg.student.device)
     models.check_head_covers_tokenizer(student.model, student.tokenizer, name=f"student {cfg.student.model!r}")
+    if "params" in cfg.alignment.space:  # a scope that selects nothing fails here, before any rollout
+        from gradalign.param_space import resolve_scope
+
+        resolve_scope(student.model, cfg.alignment.scope)
     hashes = {cfg.student.model: student.content_hash}
     loaded: dict[tuple, object] = {}
     teachers = []
