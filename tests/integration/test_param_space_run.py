@@ -64,3 +64,16 @@ def test_params_run(world, tmp_path):
     z = (sketch.cos_params[both] - exact.cos_params[both]).abs() / (sketch.cos_params_sketch_se[both] + 1e-3)
     assert float(z.max()) < 5 and math.isfinite(float(z.mean()))
     assert (sketch.cos - exact.cos).abs().max() == 0  # the logit-space columns do not move
+
+
+def test_report_shows_both_spaces(world, tmp_path):
+    from gradalign import load
+    from gradalign.report import build_report
+
+    _run(world, tmp_path / "run", scope="last_blocks:1")
+    files = build_report(load(tmp_path / "run"), tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "7. Logit space vs parameter space" in page and "last_blocks:1" in page
+    assert "in logit and parameter space" in page or "CHANGES between the spaces" in page
+    assert (tmp_path / "report" / "spaces.png").stat().st_size > 1000 and files is not None
+    assert "## Logit vs parameter space" in (tmp_path / "report" / "summary.md").read_text()
