@@ -360,14 +360,40 @@ def _linear_gram(D: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, str]:
     return torch.einsum("rto,sto->rs", D, KD), "gram"
 
 
+def _blocks(dec) -> tuple[str, list] | None:
+    """The decoder's block list: (its name inside the decoder, the blocks), the ModuleList holding
+    the most parameters; None when there is none."""
+    best = None
+    for name, mod in dec.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) and name:
+            n = sum(p.numel() for p in mod.parameters())
+            if best is None or n > best[0]:
+                best = (n, name, list(mod))
+    return None if best is None else (best[1], best[2])
+
+
+@dataclass
+class _Segment:
+    """A stretch of the network between two cut tensors: the batched backward from `top` (whose
+    cotangent is known) to `bottom` gives the output gradients of the modules in it."""
+
+    modules: list  # names of captured linears / embeddings whose output gradient is taken here
+    others: list  # names of parameters whose gradient autograd gives here
+    top: object = None  # tensor (set after the forward)
+    bottom: object = None  # tensor or None (the lowest segment)
+
+
 def exact_grams(model, input_ids: torch.Tensor, nodes: Sequence[NodeVectors], scope: Scope, *, scale: float = 1.0,
                 budget_bytes: int = 256 << 20, forms: dict | None = None) -> list[torch.Tensor]:
     """Exact Gram ``[R_n, R_n]`` (float64) of ``scale * J^T v`` for each node's vectors, one forward.
 
     input_ids: LongTensor ``[L]`` (prompt + completion); nodes: each node's row and vectors ``[R_n, V]``
-    (V <= the head's rows; missing rows are zero). Nodes are batched into backward passes holding at
-    most `budget_bytes` of per-vector module gradients (a node is never split: a node larger than the
-    budget runs alone). `forms`, when given, receives ``{module: "write" | "gram"}`` as chosen.
+    (V <= the head's rows; missing rows are zero). The backward runs block by block, top down: each
+    batched VJP goes from one block's output to its input (the cotangent handed on), so the
+    per-vector gradients alive at once are one block's module outputs (a decoder without a block
+    list takes one VJP for all). Nodes are batched so that those gradients stay within
+    `budget_bytes` (a node is never split: a node larger than the budget runs alone). `forms`, when
+    given, receives ``{module: "write" | "gram"}`` as chosen.
     """
     if not nodes:
         return []
@@ -381,7 +407,29 @@ def exact_grams(model, input_ids: torch.Tensor, nodes: Sequence[NodeVectors], sc
     L = ids.numel()
     if max(n.row for n in nodes) >= L or min(n.row for n in nodes) < 0:
         raise ValueError(f"node rows must lie in [0, {L})")
+    prefix = next(n for n, m in model.named_modules() if m is dec)
+    found = _blocks(dec)
+    nb = len(found[1]) if found else 0
+    bname = f"{prefix}.{found[0]}." if found and prefix else (f"{found[0]}." if found else "")
+
+    def block_of(full: str) -> int | None:
+        if not bname or not full.startswith(bname):
+            return None
+        return int(full[len(bname):].split(".", 1)[0])
+    # segments top down: [top (above the blocks)], block nb-1, ..., block 0, [bottom (embeddings)]
+    segs = [_Segment([], []) for _ in range(nb + 2)]
+
+    def seg_of(full: str, bottom: bool) -> _Segment:
+        b = block_of(full)
+        return segs[nb - b] if b is not None else (segs[-1] if bottom else segs[0])
+    for name in plan.linears:
+        seg_of(name, False).modules.append(name)
+    for name in plan.embeddings:
+        seg_of(name, True).modules.append(name)
+    for name in plan.others:
+        seg_of(name, False).others.append(name)
     acts: dict[str, tuple] = {}
+    cuts: dict[int, list] = {}
     hooks = []
 
     def grab(name):
@@ -390,20 +438,50 @@ def exact_grams(model, input_ids: torch.Tensor, nodes: Sequence[NodeVectors], sc
                 raise ScopeError(f"module {name!r} runs twice in one forward; parameter-space alignment needs one call")
             acts[name] = (inp[0].detach()[0], out)
         return hook
+
+    def grab_in(i):
+        def pre(mod, args, kwargs):
+            cuts.setdefault(i, [None, None])[0] = args[0] if args else kwargs.get("hidden_states")
+        return pre
+
+    def grab_out(i):
+        def post(mod, args, kwargs, out):
+            cuts.setdefault(i, [None, None])[1] = out[0] if isinstance(out, (tuple, list)) else out
+        return post
     for name, (mod, _, _) in plan.linears.items():
         hooks.append(mod.register_forward_hook(grab(name)))
     for name, mod in plan.embeddings.items():
         hooks.append(mod.register_forward_hook(grab(name)))
+    if found:
+        for i, blk in enumerate(found[1]):
+            hooks.append(blk.register_forward_pre_hook(grab_in(i), with_kwargs=True))
+            hooks.append(blk.register_forward_hook(grab_out(i), with_kwargs=True))
     try:
         with _grad_only(params, keep), torch.enable_grad():
             h = dec(input_ids=ids[None]).last_hidden_state  # [1, L, d]
-            if not h.requires_grad and (plan.linears or plan.embeddings or plan.others):
+            chained = found and len(cuts) == nb and all(
+                isinstance(cuts[i][0], torch.Tensor) and isinstance(cuts[i][1], torch.Tensor) for i in range(nb)) and all(
+                cuts[i][1] is cuts[i + 1][0] for i in range(nb - 1))
+            if chained:
+                segs[0].top, segs[0].bottom = h, cuts[nb - 1][1]
+                for i in range(nb - 1, -1, -1):
+                    segs[nb - i].top, segs[nb - i].bottom = cuts[i][1], cuts[i][0]
+                segs[-1].top = cuts[0][0]
+            else:  # no chain of blocks: one VJP from h for everything
+                allm = [m for sg in segs for m in sg.modules]
+                allo = [o for sg in segs for o in sg.others]
+                segs = [_Segment(allm, allo, h, None)]
+            # drop the segments below the lowest one holding anything in scope
+            while segs and not (segs[-1].modules or segs[-1].others):
+                segs.pop()
+            if segs:
+                segs[-1].bottom = None
+            if segs and not h.requires_grad:
                 raise ScopeError(f"alignment.scope {scope.spec!r}: no selected parameter reaches the output")
-            W, b = _head_matrix(model, V)
+            W, _ = _head_matrix(model, V)
             W, hd = W.detach(), h.detach()[0]
-            names = list(acts)
-            inputs = [acts[n][1] for n in names] + list(plan.others.values())
-            per_vec = sum(t.numel() for t in inputs) * h.element_size()
+            per_vec = max([sum(acts[m][1].numel() for m in sg.modules) + sum(params[o].numel() for o in sg.others)
+                           + (sg.bottom.numel() if sg.bottom is not None else 0) for sg in segs], default=0) * h.element_size()
             chunks, cur, size = [], [], 0
             for i, nd in enumerate(nodes):
                 need = nd.vectors.shape[0] * per_vec
@@ -414,60 +492,70 @@ def exact_grams(model, input_ids: torch.Tensor, nodes: Sequence[NodeVectors], sc
                 size += need
             chunks.append(cur)
             out: list[torch.Tensor | None] = [None] * len(nodes)
-            for ci, chunk in enumerate(chunks):
+            for chunk in chunks:
                 vecs = [nodes[i].vectors.to(device=device, dtype=torch.float64) * scale for i in chunk]
-                sizes = [v.shape[0] for v in vecs]
-                grads = []
-                if inputs:
-                    cot = torch.zeros(sum(sizes), *h.shape, dtype=h.dtype, device=device)
-                    r0 = 0
-                    for i, v in zip(chunk, vecs):
-                        cot[r0:r0 + v.shape[0], 0, nodes[i].row] = (v @ W.double()).to(h.dtype)
-                        r0 += v.shape[0]
-                    last = ci == len(chunks) - 1
-                    grads = torch.autograd.grad(h, inputs, cot, is_grads_batched=True, retain_graph=not last,
-                                                allow_unused=True)
-                r0 = 0
-                for i, v in zip(chunk, vecs):
-                    out[i] = _node_gram(plan, names, acts, grads, slice(r0, r0 + v.shape[0]), v, nodes[i].row, ids, hd,
-                                        forms)
+                spans, r0 = [], 0
+                for v in vecs:
+                    spans.append(slice(r0, r0 + v.shape[0]))
                     r0 += v.shape[0]
-                del grads
+                grams = [_head_gram(plan, v, hd[nodes[i].row]) for i, v in zip(chunk, vecs)]
+                if segs:
+                    cot = torch.zeros(r0, *h.shape, dtype=h.dtype, device=device)
+                    for i, v, sp in zip(chunk, vecs, spans):
+                        cot[sp, 0, nodes[i].row] = (v @ W.double()).to(h.dtype)
+                for sg in segs:
+                    below = [sg.bottom] if sg.bottom is not None else []
+                    inputs = below + [acts[m][1] if acts[m][1] is not sg.top else None for m in sg.modules] + [
+                        params[o] for o in sg.others]
+                    # a module output that IS the segment's top (an embedding feeding block 0) gets the cotangent itself
+                    req = [x for x in inputs if x is not None]
+                    got = iter(torch.autograd.grad(sg.top, req, cot, is_grads_batched=True, retain_graph=True,
+                                                   allow_unused=True) if req else [])
+                    res = [next(got) if x is not None else cot for x in inputs]
+                    mod_g = res[len(below):len(below) + len(sg.modules)]
+                    oth_g = res[len(below) + len(sg.modules):]
+                    for (i, v, sp), G in zip(zip(chunk, vecs, spans), grams):
+                        _accumulate(plan, acts, sg.modules, mod_g, sg.others, oth_g, sp, v, nodes[i].row, ids, hd, G, forms)
+                    if below:
+                        cot = res[0] if res[0] is not None else torch.zeros_like(cot)
+                    del res, mod_g, oth_g
+                for i, G in zip(chunk, grams):
+                    out[i] = G
     finally:
         for hk in hooks:
             hk.remove()
     return out
 
 
-def _node_gram(plan: _Plan, names, acts, grads, rows: slice, v: torch.Tensor, row: int, ids, hd, forms) -> torch.Tensor:
-    """One node's Gram from the chunk's batched gradients (rows of that node: `rows`)."""
-    T = row + 1  # causality: positions after the node carry no gradient
-    R = v.shape[0]
-    G = torch.zeros(R, R, dtype=torch.float64, device=v.device)
-    f32 = torch.float64 if hd.dtype == torch.float64 else torch.float32
-    h = hd[row].to(torch.float64)
+def _head_gram(plan: _Plan, v: torch.Tensor, h_row: torch.Tensor) -> torch.Tensor:
+    """The LM head's part of a node's Gram: ``<v_r h^T, v_s h^T> = <v_r, v_s> ||h||^2`` (+ bias ``<v_r, v_s>``)."""
+    G = torch.zeros(v.shape[0], v.shape[0], dtype=torch.float64, device=v.device)
+    h = h_row.to(torch.float64)
     if plan.head_weight:
         G += (v @ v.T) * float(h @ h)
     if plan.head_bias:
         G += v @ v.T
+    return G
 
-    def grad_of(j, shape_rows=True):
-        g = grads[j]
+
+def _accumulate(plan: _Plan, acts, modules, mod_grads, others, other_grads, rows: slice, v: torch.Tensor, row: int,
+                ids, hd, G: torch.Tensor, forms) -> None:
+    """Add one segment's modules and parameters to a node's Gram `G` (in place); `rows` picks the
+    node's vectors out of the chunk's batched gradients."""
+    T = row + 1  # causality: positions after the node carry no gradient
+    R = v.shape[0]
+    f32 = torch.float64 if hd.dtype == torch.float64 else torch.float32
+    h = hd[row].to(torch.float64)
+    for n, g in zip(modules, mod_grads):
         if g is None:
-            return None
-        g = g[rows]
-        return g[:, 0, :T] if shape_rows else g
-    for j, n in enumerate(names):
-        X, _ = acts[n]
-        D = grad_of(j)
-        if D is None:
             continue
-        D = D.to(f32)
+        X, _ = acts[n]
+        D = g[rows][:, 0, :T].to(f32)
         if n in plan.linears:
             mod, w, bsel = plan.linears[n]
             if w:
-                g, form = _linear_gram(D, X[:T].to(f32))
-                G += g.double()
+                gram, form = _linear_gram(D, X[:T].to(f32))
+                G += gram.double()
                 if forms is not None:
                     forms[n] = form
             if bsel:
@@ -478,20 +566,17 @@ def _node_gram(plan: _Plan, names, acts, grads, rows: slice, v: torch.Tensor, ro
             Ge = torch.zeros(R, uniq.numel(), D.shape[-1], dtype=f32, device=D.device).index_add_(1, inv, D)
             flat = Ge.flatten(1)
             G += (flat @ flat.T).double()
-            if plan.tied == n:
+            if plan.tied == n:  # the head's use of the same tensor: cross terms <v_r h^T, scatter(D_s)>
                 inside = uniq < v.shape[1]
                 va = torch.zeros(R, uniq.numel(), dtype=torch.float64, device=v.device)
                 va[:, inside] = v[:, uniq[inside]]
-                hp = (Ge.double() @ h)  # [R, U]
-                cross = va @ hp.T  # [r head, s embedding]
+                cross = va @ (Ge.double() @ h).T  # [r head, s embedding]
                 G += cross + cross.T
-    for j in range(len(names), len(names) + len(plan.others)):
-        g = grads[j]
+    for g in other_grads:
         if g is None:
             continue
         flat = g[rows].flatten(1).to(torch.float64)
         G += flat @ flat.T
-    return G
 
 
 # --------------------------------------------------------------------------- sketched method
