@@ -354,10 +354,10 @@ def _linear_gram(D: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, str]:
     write = R * T * out * inn + R * R * out * inn
     gog = R * T * T * out + T * T * inn + R * R * T * out
     if write <= gog:
-        Wg = torch.einsum("rto,ti->roi", D, X).flatten(1)
+        Wg = torch.matmul(D.transpose(1, 2), X).reshape(R, -1)  # [R, out * in]
         return Wg @ Wg.T, "write"
-    KD = torch.einsum("tu,ruo->rto", X @ X.T, D)
-    return torch.einsum("rto,sto->rs", D, KD), "gram"
+    KD = torch.matmul(X @ X.T, D)  # [R, T, out]
+    return D.reshape(R, -1) @ KD.reshape(R, -1).T, "gram"
 
 
 def _blocks(dec) -> tuple[str, list] | None:
