@@ -25,6 +25,7 @@ BENCHES = (
     ("scoring", "bench_scoring.py"),
     ("estimator", "bench_estimator.py"),
     ("e2e", "bench_e2e.py"),
+    ("param_space", "bench_param_space.py"),
 )
 
 
