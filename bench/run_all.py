@@ -26,6 +26,7 @@ BENCHES = (
     ("estimator", "bench_estimator.py"),
     ("e2e", "bench_e2e.py"),
     ("placement", "bench_placement.py"),
+    ("param_space", "bench_param_space.py"),
 )
 
 

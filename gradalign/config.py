@@ -43,8 +43,11 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "auto")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
+SPACES: tuple[str, ...] = ("logit", "params")  # where cosines are taken (alignment.space)
+PARAM_METHODS: tuple[str, ...] = ("exact", "sketch")
 SELECTOR_FORMS: tuple[str, ...] = ("every", "stride:S", "logspace", "refine", "entropy")
-SECTIONS: tuple[str, ...] = ("run", "task", "student", "sampling", "branching", "distill", "executor", "teachers")
+SECTIONS: tuple[str, ...] = ("run", "task", "student", "sampling", "branching", "distill", "alignment", "executor",
+                             "teachers")
 REQUIRED_SECTIONS: tuple[str, ...] = ("task", "student", "teachers")
 STUDENT_MODEL = "student"  # teacher model name meaning "the student itself"
 
@@ -419,6 +422,37 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class AlignmentConfig:
+    """The `[alignment]` table: where the ideal gradient and the distillation directions are compared."""
+
+    space: tuple[str, ...] = _doc(("logit",), """
+        `["logit"]`: cosines over the node's logits (the `cos` columns; always computed). Add
+        `"params"` for the cosine of the parameter-space vectors J^T g* and J^T d the optimiser sees
+        (`cos_params` columns; J = d logits / d parameters over `scope`), at the cost of one student
+        forward and batched backward passes per rollout (`exact`) or k forward-mode passes (`sketch`).""")
+    scope: str = _doc("all", """
+        Parameters of the student that J covers: `all`; `lm_head` (equals the logit cosine);
+        `last_blocks:N` (the last N decoder blocks, the final norm and the head); `no_embeddings`;
+        or comma-separated glob patterns over parameter names, `!` excluding (e.g.
+        `"model.layers.2*,lm_head.weight"`). A tied head and input embedding are two names of one
+        tensor: selecting both adds their gradients. Used with `"params"` only.""")
+    method: str = _doc("exact", """
+        `exact`: the Gram matrix of the node's vectors from batched backward passes (never a full
+        per-node gradient held); `sketch`: k seeded random parameter tangents and forward-mode
+        products, a cosine with standard error about (1 - c^2)/sqrt(k) (`cos_params_sketch_se`).""")
+    k: int = _doc(64, """
+        Random tangents of the `sketch` method (an integer >= 1); its standard error falls as
+        1/sqrt(k), its cost grows as k forward-mode passes per rollout.""")
+    memory_mb: int = _doc(256, """
+        Memory budget (MiB) of the per-vector module gradients one batched backward of the `exact`
+        method holds; more nodes per backward when larger (a node is never split).""")
+    replicates: int = _doc(200, """
+        Bootstrap replicates of the success vector S whose spread gives `cos_params_se` (the
+        uncertainty of g* propagated to `cos_params`; algebra on the node's Gram matrix, no model
+        pass); 0 = none (the column is NaN).""")
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """One `[[teachers]]` table."""
 
@@ -471,6 +505,9 @@ class RunConfig:
     teachers: tuple[TeacherConfig, ...] = _doc(dataclasses.MISSING, """
         One `[[teachers]]` table per teacher/context config to diagnose. Required, at least
         one.""")
+    alignment: AlignmentConfig = _doc(AlignmentConfig(), """
+        Where cosines are taken: logit space (default) and, optionally, the student's parameter
+        space. Optional.""")
     executor: ExecutorConfig = _doc(ExecutorConfig(), """
         How shards are run: in this process or on a Ray cluster. Optional; no effect on results and
         left out of the config fingerprint.""")
@@ -521,6 +558,7 @@ def default_config_dict() -> dict[str, Any]:
         branching=BranchingConfig(),
         distill=DistillConfig(),
         teachers=(TeacherConfig(),),
+        alignment=AlignmentConfig(),
         executor=ExecutorConfig(),
     ).to_dict()
 
@@ -645,6 +683,7 @@ def config_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
         branching=_parse_branching(_Section(source, "branching", d.get("branching", {}), BranchingConfig)),
         distill=_parse_distill(_Section(source, "distill", d.get("distill", {}), DistillConfig)),
         teachers=_parse_teachers(source, d["teachers"]),
+        alignment=_parse_alignment(_Section(source, "alignment", d.get("alignment", {}), AlignmentConfig)),
         executor=_parse_executor(_Section(source, "executor", d.get("executor", {}), ExecutorConfig)),
         source=source,
     )
@@ -761,6 +800,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "sampling": SamplingConfig,
     "branching": BranchingConfig,
     "distill": DistillConfig,
+    "alignment": AlignmentConfig,
     "executor": ExecutorConfig,
     "teachers": TeacherConfig,
 }
@@ -1140,6 +1180,22 @@ def _parse_executor(s: _Section) -> ExecutorConfig:
         num_gpus=s.float("num_gpus", ge=0),
         max_retries=s.int("max_retries", lo=0),
     )
+
+
+def _parse_alignment(s: _Section) -> AlignmentConfig:
+    raw = s.get("space")
+    valid = ", ".join(repr(x) for x in SPACES)
+    if not isinstance(raw, (list, tuple)) or not raw or any(x not in SPACES for x in raw) or len(set(raw)) != len(raw):
+        raise s.error("space", f"must be a duplicate-free array of {valid}, got {_show(raw)}", 'e.g. ["logit", "params"]')
+    if "logit" not in raw:
+        raise s.error("space", f"must include 'logit' (the logit-space cosines are always computed), got {_show(raw)}")
+    scope = s.str("scope", nonempty=True).strip()
+    if scope.startswith("last_blocks:"):
+        n = scope.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise s.error("scope", f"last_blocks:N needs an integer N >= 1, got {scope!r}")
+    return AlignmentConfig(space=tuple(raw), scope=scope, method=s.choice("method", PARAM_METHODS), k=s.int("k", lo=1),
+                           memory_mb=s.int("memory_mb", lo=1), replicates=s.int("replicates", lo=0))
 
 
 def _parse_teachers(source: str, raw: object) -> tuple[TeacherConfig, ...]:

@@ -282,6 +282,7 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
             tracker.advance(len(shards[k]), stage="questions")
         grader_stats = ex.grader_stats()
         model_hashes = ex.model_hashes()
+        param_scope = ex.param_scope()
     except GraderBroken as e:
         raise GraderBroken(f"{e}; finished shards are kept ({tally.kept} of {tally.total})") from None
     finally:
@@ -320,7 +321,7 @@ def _run(cfg: RunConfig, out: Path, resume: bool, shard_size: int, progress: Pro
         config=cfg.to_dict(),
         config_source=cfg.source,
         models={
-            "student": {"ref": cfg.student.model, "hash": res_hashes.get(cfg.student.model)},
+            "student": {"ref": cfg.student.model, "hash": res_hashes.get(cfg.student.model), **param_scope},
             "teachers": {t.name: {"model": t.model,
                                   "hash": res_hashes.get(cfg.student.model if t.model == STUDENT_MODEL else t.model),
                                   "context": t.context}

@@ -85,6 +85,11 @@ class Executor:
         """Model ref -> content hash (manifest); {} if no model was loaded (nothing left to compute)."""
         raise NotImplementedError
 
+    def param_scope(self) -> dict:
+        """The manifest's record of the `cos_params` parameter scope (`Resources.param_scope`; {}
+        for logit-only runs or when no model was loaded)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -105,6 +110,9 @@ class LocalExecutor(Executor):
 
     def model_hashes(self) -> dict:
         return self.res.model_hashes
+
+    def param_scope(self) -> dict:
+        return self.res.param_scope
 
     def run(self, todo, tracker=None):
         from gradalign.engine import process_shard
@@ -164,6 +172,9 @@ class ShardWorker:
 
     def hashes(self) -> dict:
         return self.res.model_hashes
+
+    def param_scope(self) -> dict:
+        return self.res.param_scope
 
     def run(self, k: int, rows: list) -> ShardDone:
         from gradalign.engine import process_shard
@@ -245,6 +256,18 @@ class RayExecutor(Executor):
         for a in self.actors:
             try:
                 return self._get(a.hashes.remote())
+            except self.ray.exceptions.RayActorError:
+                continue
+        return {}
+
+    def param_scope(self) -> dict:
+        if "params" not in self.cfg.alignment.space:
+            return {}
+        if not self.actors:
+            self._start(1)
+        for a in self.actors:
+            try:
+                return self._get(a.param_scope.remote())
             except self.ray.exceptions.RayActorError:
                 continue
         return {}

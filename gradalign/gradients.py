@@ -30,8 +30,8 @@ Why logit space is enough: at a node with final hidden state ``h`` (shape ``[H]`
 gradient w.r.t. the LM-head weight ``W`` (shape ``[V, H]``) is ``v h^T`` where ``v`` is its logit
 gradient. For two losses, ``<v1 h^T, v2 h^T>_F = <v1, v2> ||h||^2`` and
 ``||v h^T||_F = ||v|| ||h||``, so the ``||h||^2`` cancels and the cosine over LM-head gradients at
-that node equals the cosine over logit gradients computed here. Alignment over the full parameter
-space (through ``h``) is out of scope.
+that node equals the cosine over logit gradients computed here. Alignment over more parameters
+(through ``h``) is `gradalign.param_space`.
 """
 
 from __future__ import annotations

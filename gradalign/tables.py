@@ -115,6 +115,14 @@ class AlignmentRow:
     value: float = _col("float64", "V = sum p S at the node")
     reason: str = _col("string", "why a cosine is NaN, and grader faults at the node (e.g. 'grader_errors:3/16'); "
                                  "'' when all are defined and every continuation was graded")
+    # parameter space (alignment.space has "params"; NaN otherwise), `gradalign.param_space`
+    cos_params: float = _col("float64", "cos(J^T g*, J^T d): the cosine of the parameter gradients over "
+                                        "alignment.scope (J = d logits / d parameters at the node)")
+    cos_params_se: float = _col("float64", "standard deviation of cos_params over bootstrap replicates of S "
+                                           "(the uncertainty of g* propagated; NaN with alignment.replicates = 0)")
+    cos_params_sketch_se: float = _col("float64", "(1 - c^2)/sqrt(k) of the sketch method; NaN for the exact one")
+    norm_ideal_params: float = _col("float64", "||J^T g*|| w.r.t. the raw logits (includes 1/temperature)")
+    norm_distill_params: float = _col("float64", "||J^T d|| w.r.t. the raw logits")
 
 
 @dataclass(frozen=True)

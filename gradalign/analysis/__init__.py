@@ -19,6 +19,7 @@ the modules below are the implementation, one concept each:
 - `separation`: `Separation`, `paired_difference`, `tie_partner`, `disagreement_nodes` (whether two
   configs differ, judged on the same questions, and where).
 - `caveats`: `Caveat`, `CAVEAT_KINDS`, `run_caveats` (the warnings the CLI summary and the report show).
+- `spaces`: `has_param_space`, `space_comparison`, `ranking_changes` (logit vs parameter space).
 
 Does not own: reading or writing files (`gradalign.tables` reads, `gradalign.report` and the CLI
 write), plotting or any rendering, and computing the tables themselves (`gradalign.engine`).
@@ -59,6 +60,7 @@ from gradalign.analysis.schema import (
 from gradalign.analysis.schema import _check_loss as _check_loss  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.schema import _check_metric as _check_metric  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.separation import Separation, disagreement_nodes, paired_difference, tie_partner
+from gradalign.analysis.spaces import has_param_space, ranking_changes, space_comparison
 from gradalign.analysis.stats import Interval, bootstrap_ci, cluster_bootstrap, spearman
 from gradalign.analysis.tip import QUADRANT_NAMES, QUADRANTS, quadrant_summary, tip_quadrants, tip_thresholds
 from gradalign.analysis.weights import RULE_HELP, RULE_KINDS, WeightRule, parse_rule, token_weights
@@ -73,3 +75,4 @@ __all__ = [
     "question_winners", "rank_configs", "relative_position", "rock_summary", "rock_tokens", "single_winner",
     "spearman", "summary_table", "tip_quadrants", "tip_thresholds", "token_loss", "token_weights", "winner_shares",
 ]
+__all__ += ["has_param_space", "ranking_changes", "space_comparison"]

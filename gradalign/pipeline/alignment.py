@@ -9,14 +9,18 @@ split-half debiased cosine, norms, the teacher advantage and the reason a cosine
 never a crash. Continuations whose grader erred or timed out count as failures; the node's rows
 count them (`grader_errors`, `grader_timeouts`) and its alignment rows name them in `reason`
 (`grader_errors:3/16`), and a zero ideal gradient because no continuation was graded says
-`all_continuations_failed_grading`, not `zero_ideal`. Does not own the formulas
-(`gradalign.gradients`, `gradalign.estimates`).
+`all_continuations_failed_grading`, not `zero_ideal`. With `alignment.space` holding "params", the
+rows also get `cos_params` and its norms and standard errors from `gradalign.param_space` (one call
+per rollout over all its nodes; this stage only hands it p, the candidates, S, its bootstrap
+replicates and the directions). Does not own the formulas (`gradalign.gradients`,
+`gradalign.estimates`, `gradalign.param_space`).
 
 Shapes: V vocabulary, K candidates; p, q, S, g*, d are [V] float64.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -47,6 +51,8 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     beta = cfg.distill.jsd_beta
     node_rows: list[NodeRow] = []
     align_rows: list[AlignmentRow] = []
+    params = "params" in cfg.alignment.space
+    param_nodes: dict[tuple[str, int], list] = {}  # rollout -> [(ParamNode, first alignment row index)]
     for bi, br in enumerate(branches):
         r, t = br.rollout, br.position
         d = dists[(r.question_id, r.rollout_id)]
@@ -98,6 +104,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
             g_a = G.ideal_gradient(p, full_vocab_success(V, ids, ha, rest_a))
             g_b = G.ideal_gradient(p, full_vocab_success(V, ids, hb, rest_b))
         y = r.token_ids[t]
+        first_row, dirs = len(align_rows), []
         for teacher in res.teachers:
             lq = d.teachers[teacher.name][br.node_index]
             q = lq.exp()
@@ -112,6 +119,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                     c_full = G.cosine(g, dvec)
                     c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
                     c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
+                dirs.append(dvec)
                 reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), why(c_deb, "debiased:"), *grading) if x]
                 align_rows.append(AlignmentRow(
                     question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
@@ -119,5 +127,60 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                     cos=c_full.value, cos_candidates=c_cand.value, cos_debiased=c_deb.value,
                     norm_ideal=float(g.norm()), norm_distill=float(dvec.norm()),
                     teacher_advantage=adv, value=value, reason=";".join(dict.fromkeys(reasons)),
+                    cos_params=math.nan, cos_params_se=math.nan, cos_params_sketch_se=math.nan,
+                    norm_ideal_params=math.nan, norm_distill_params=math.nan,
                 ))
+        if params and student_ok:
+            param_nodes.setdefault((r.question_id, r.rollout_id), []).append(
+                (_param_node(cfg, br, p, ids, slots, outcomes.estimate(bi, RESIDUAL) if br.residual_tokens else None,
+                             torch.stack(dirs)), first_row))
+    if param_nodes:
+        _fill_params(res, branches, param_nodes, align_rows)
     return Alignment(node_rows, align_rows)
+
+
+def _param_node(cfg, br: Branch, p: torch.Tensor, ids: torch.Tensor, slots, residual, dirs: torch.Tensor):
+    """The parameter-space inputs of one node: S per basis vector (candidates, then the residual rate,
+    0 where no residual was sampled, as `full_vocab_success` fills it) and its bootstrap replicates."""
+    from gradalign import param_space as PS
+    from gradalign.sampling.protocol import stable_seed
+
+    ests = [s.estimate for s in slots] + ([residual.estimate] if residual is not None else [])
+    rates = [e.rate for e in ests] + ([] if residual is not None else [0.0])
+    S = torch.tensor(rates, dtype=torch.float64)
+    reps = None
+    B = cfg.alignment.replicates
+    if B > 0:
+        r = br.rollout
+        reps = PS.binomial_replicates([e.successes for e in ests] + [0] * (residual is None),
+                                      [e.n for e in ests] + [0] * (residual is None), rates, B,
+                                      stable_seed(cfg.run.seed, "param_replicates", r.question_id, r.rollout_id, br.position))
+    row = len(br.rollout.prompt_ids) + br.position - 1  # logits row predicting completion token t
+    return PS.ParamNode(row, p, ids, S, dirs, reps)
+
+
+def _fill_params(res: Resources, branches: Sequence[Branch], param_nodes: dict, align_rows: list[AlignmentRow]) -> None:
+    """cos_params and its norms/SEs into `align_rows` (in place), one `param_space` call per rollout."""
+    from gradalign import param_space as PS
+    from gradalign.sampling.protocol import stable_seed
+
+    cfg, acfg = res.cfg, res.cfg.alignment
+    scope = PS.resolve_scope(res.student, acfg.scope)
+    rollouts = {(br.rollout.question_id, br.rollout.rollout_id): br.rollout for br in branches}
+    for key, items in param_nodes.items():
+        r = rollouts[key]
+        ids = torch.tensor(list(r.prompt_ids) + list(r.token_ids), dtype=torch.long)
+        out = PS.rollout_param_cosines(
+            res.student, ids, [nd for nd, _ in items], scope, method=acfg.method, k=acfg.k, memory_mb=acfg.memory_mb,
+            scale=1.0 / cfg.sampling.temperature, seed=stable_seed(cfg.run.seed, "param_sketch", *key))
+        for (_, first), pc in zip(items, out):
+            for j in range(pc.cos.numel()):
+                a = align_rows[first + j]
+                c = float(pc.cos[j])
+                extra = ""
+                if not math.isfinite(c) and "nonfinite" not in a.reason:
+                    extra = "params:zero_ideal" if not pc.norm_ideal >= 1e-12 else "params:zero_distill"
+                reason = ";".join(dict.fromkeys(x for x in (*a.reason.split(";"), extra) if x))
+                align_rows[first + j] = dataclasses.replace(
+                    a, cos_params=c, cos_params_se=float(pc.se[j]), cos_params_sketch_se=float(pc.sketch_se[j]),
+                    norm_ideal_params=pc.norm_ideal, norm_distill_params=float(pc.norm_distill[j]), reason=reason)

@@ -10,7 +10,7 @@ any stage's work, nor closing the pool and sampler (`engine.diagnose` does, when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gradalign.config import STUDENT_MODEL, RunConfig
 from gradalign.sampling import Sampler, SamplingParams
@@ -39,6 +39,7 @@ class Resources:
     sampler: Sampler  # draws every continuation
     model_hashes: dict  # model ref -> content hash (manifest)
     eos_ids: tuple[int, ...] = ()  # every id that ends a completion (`models.eos_token_ids`); () = the tokenizer's EOS
+    param_scope: dict = field(default_factory=dict)  # manifest record of the `cos_params` parameter scope ({}: logit only)
 
 
 def sampling_params(cfg: RunConfig) -> SamplingParams:
@@ -60,6 +61,13 @@ def load_resources(cfg: RunConfig) -> Resources:
     sref = models.resolve(st.model, gguf_file=st.gguf_file, revision=st.revision)
     student = models.load(sref, dtype=st.dtype, device=st.device, device_map=st.device_map)
     models.check_head_covers_tokenizer(student.model, student.tokenizer, name=f"student {st.model!r}")
+    param_scope: dict = {}
+    if "params" in cfg.alignment.space:  # a scope that selects nothing fails here, before any rollout
+        from gradalign.param_space import resolve_scope
+
+        scope = resolve_scope(student.model, cfg.alignment.scope)
+        param_scope = {"param_scope": {"spec": scope.spec, "method": cfg.alignment.method, "parameters": scope.n_params,
+                                       "names": list(scope.names)}}
     hashes = {st.model: student.content_hash}
     loaded: dict[tuple, object] = {}
     teachers = []
@@ -88,4 +96,5 @@ def load_resources(cfg: RunConfig) -> Resources:
     )
     grader = GraderPool(cfg.task.grader, timeout_s=cfg.task.grader_timeout_s, answer_field=cfg.task.answer_field,
                        answer_delimiter=cfg.task.answer_delimiter)
-    return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes, eos_ids)
+    return Resources(cfg, task, student.model, student.tokenizer, tuple(teachers), grader, sampler, hashes, eos_ids,
+                     param_scope)

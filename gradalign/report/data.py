@@ -88,8 +88,11 @@ def report_data(tables, options: ReportOptions = ReportOptions()) -> ReportData:
     rocks = A.rock_tokens(t, min_freq=o.rock_min_freq, drop_top=o.rock_drop_top, top_n=o.rock_top_n)
     rsum = A.rock_summary(t, a, rocks, metric=o.metric, loss=o.rock_loss, n_boot=nb, ci=o.ci, seed=o.seed)
     norm_check = A.opd_norm_check(t, a)
+    extras = {"quadrant_tokens": qt}
+    if A.has_param_space(a):  # logit vs parameter space (alignment.space has "params")
+        extras["spaces"] = A.space_comparison(a, n_boot=o.n_boot, ci=o.ci, seed=o.seed)
     return ReportData(loss, ranking, winners, shares, position, decisive, correlations, thresholds, quadrants, rocks, rsum,
-                      norm_check, {"quadrant_tokens": qt, **separation_data(tables, ranking, loss, o)})
+                      norm_check, {**extras, **separation_data(tables, ranking, loss, o)})
 
 
 def separation_data(tables, ranking, loss: str, o: ReportOptions) -> dict:

@@ -72,13 +72,44 @@ def write_figures(tables, data: ReportData, options: ReportOptions, configs: Seq
     colors = config_colors(configs)
     m, loss = options.metric, data.loss
     joined = A.join_tokens(tables.alignment, tables.tokens)
+    spaces = {"spaces": fig_spaces(tables.alignment, data.extras["spaces"], loss, out / "spaces.png", colors)} \
+        if "spaces" in data.extras else {}
     return {
         "ranking": fig_ranking(data.ranking, out / "ranking.png", metric=m, ci=options.ci),
         "winners": fig_winners(data.winners, data.shares, loss, out / "winners.png", colors, max_rows=options.max_question_rows, metric=m),
         "position": fig_position(data.position, data.decisive, loss, out / "position.png", colors, metric=m, top=options.decisive_top),
         "divergence": fig_divergence(joined, data.correlations, loss, out / "divergence.png", colors, metric=m),
         "token_types": fig_token_types(data.quadrants, data.rock_summary, loss, out / "token_types.png", colors, metric=m),
+        **spaces,
     }
+
+
+# ----------------------------------------------------------------------------- logit vs parameter space
+
+
+def fig_spaces(alignment, comparison, loss: str, path: Path, colors: dict) -> Path:
+    """Scatter of cos (logit space, x) against cos_params (parameter space, y) per config for `loss`,
+    one panel per config with the diagonal, titled with Spearman rho and both ranks."""
+    plt = _plt()
+    a = alignment[(alignment["loss"] == loss)].dropna(subset=["cos", "cos_params"])
+    configs = sorted(set(a["config"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.2 * len(configs), 3.2), squeeze=False)
+    comp = comparison[comparison["loss"] == loss].set_index("config")
+    for ax, c in zip(axes[0], configs):
+        g = a[a["config"] == c]
+        ax.plot([-1, 1], [-1, 1], color="#bbb", lw=0.8, zorder=0)
+        ax.scatter(g["cos"], g["cos_params"], s=10, alpha=0.7, color=colors.get(c, "#333"))
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("cos (logit space)")
+        if c in comp.index:
+            r = comp.loc[c]
+            ax.set_title(f"{c}: rho {fmt_num(r.rho, '+.2f')}, rank {int(r.rank_logit)} -> {int(r.rank_params)}")
+        else:
+            ax.set_title(c)
+    axes[0][0].set_ylabel("cos_params (parameter space)")
+    fig.suptitle(f"{loss}: one point per branched node", y=1.02)
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- ranking

@@ -19,7 +19,15 @@ def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
     """The few sentences a reader should take away, computed from the report's tables."""
     m = options.metric
     return [*_ranking_lines(data, m), *tie_lines(data, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
-            *_quadrant_lines(data, m), *_rock_lines(data, options)]
+            *_quadrant_lines(data, m), *_rock_lines(data, options), *_space_lines(data)]
+
+
+def _space_lines(data: ReportData) -> list[str]:
+    """Whether the config ranking changes between logit and parameter space (runs with cos_params)."""
+    from gradalign.report.rows import spaces_sentence
+
+    comp = data.extras.get("spaces")
+    return [] if comp is None else [spaces_sentence(comp, data.loss)]
 
 
 def _ranking_lines(data: ReportData, m: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Sequence
 from gradalign.report.data import ReportContext
 from gradalign.report.rows import (
     RANK_HEADER,
+    SPACES_HEADER,
     correlation_header,
     correlation_rows,
     counts_line,
@@ -24,6 +25,8 @@ from gradalign.report.rows import (
     ranking_rows,
     rock_summary_rows,
     shares_table,
+    spaces_rows,
+    spaces_sentence,
 )
 
 
@@ -94,4 +97,12 @@ def _token_types(ctx: ReportContext) -> list[str]:
                     _md_table(rock_header, rock_summary_rows(d.rock_summary)))
 
 
-SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _divergence, _token_types)
+def _spaces(ctx: ReportContext) -> list[str]:
+    comp = ctx.data.extras.get("spaces")
+    if comp is None:
+        return []
+    return _section("## Logit vs parameter space", spaces_sentence(comp, ctx.data.loss), "![spaces](spaces.png)",
+                    _md_table(SPACES_HEADER, spaces_rows(comp)))
+
+
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _divergence, _token_types, _spaces)

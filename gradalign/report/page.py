@@ -23,6 +23,7 @@ from gradalign.report.data import ReportContext
 from gradalign.report.heatmap import token_heatmap_html
 from gradalign.report.rows import (
     RANK_HEADER,
+    SPACES_HEADER,
     correlation_header,
     correlation_rows,
     counts_line,
@@ -36,6 +37,8 @@ from gradalign.report.rows import (
     ranking_rows,
     rock_summary_rows,
     shares_table,
+    spaces_rows,
+    spaces_sentence,
 )
 
 CSS = """
@@ -268,6 +271,27 @@ def _rock_note(ctx: ReportContext) -> str:
             f"sums the exact ‖d‖ of the {html.escape(rock_loss)} loss at branched nodes only.</p>")
 
 
+def _spaces(ctx: ReportContext) -> list[str]:
+    """7. Logit vs parameter space (runs with alignment.space = ["logit", "params"] only)."""
+    comp = ctx.data.extras.get("spaces")
+    if comp is None:
+        return []
+    scopes = sorted({str(((m.get("models") or {}).get("student") or {}).get("param_scope", {}).get("spec", "?"))
+                     for _, m in _runs(ctx.tables)})
+    methods = sorted({str(((m.get("models") or {}).get("student") or {}).get("param_scope", {}).get("method", "?"))
+                      for _, m in _runs(ctx.tables)})
+    return ["<h2>7. Logit space vs parameter space</h2>",
+            f"<p><b>{html.escape(spaces_sentence(comp, ctx.data.loss))}</b></p>",
+            f"<p class='note'>cos_params = cosine of the parameter gradients J<sup>T</sup>g* and J<sup>T</sup>d (J = Jacobian of the "
+            f"node's logits over the parameters of scope <code>{html.escape(', '.join(scopes))}</code>, method "
+            f"{html.escape(', '.join(methods))}): what an optimiser step sees, where the logit cosine sees only the LM head. "
+            f"Means over nodes where both cosines are defined; {int(ctx.options.ci * 100)}% intervals resample questions; rank 1 = best "
+            f"within the loss.</p>",
+            _img(ctx.figures["spaces"]),
+            _html_table(SPACES_HEADER, spaces_rows(comp[comp["loss"] == ctx.data.loss])),
+            _details("Every loss", _html_table(SPACES_HEADER, spaces_rows(comp)))]
+
+
 def _configs(ctx: ReportContext) -> list[str]:
     """The teachers (configs) of every run: name, run, model, context template."""
     teachers = [[str(t.get("name")), str(name), str(t.get("model")), repr(t.get("context", ""))]
@@ -281,4 +305,5 @@ def _footer(ctx: ReportContext) -> list[str]:
             "</body></html>"]
 
 
-SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _configs, _footer)
+SECTIONS = (_head, _warnings, _takeaways, _ranking, _winners, _position, _heatmaps, _divergence, _quadrants, _rocks, _spaces,
+            _configs, _footer)

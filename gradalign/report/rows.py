@@ -77,6 +77,31 @@ def shares_table(shares, configs) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+SPACES_HEADER = ["config", "loss", "nodes", "mean cos [CI]", "mean cos_params [CI]", "rank (logit)", "rank (params)",
+                 "Spearman ρ"]
+
+
+def spaces_rows(comparison) -> list[list[str]]:
+    """Rows of the logit-vs-parameter-space table (`analysis.space_comparison`)."""
+    return [[x.config, x.loss, str(x.n), fmt_ci(x.mean_logit, x.ci_low_logit, x.ci_high_logit),
+             fmt_ci(x.mean_params, x.ci_low_params, x.ci_high_params), str(x.rank_logit), str(x.rank_params), fmt_num(x.rho, "+.2f")]
+            for x in comparison.itertuples()]
+
+
+def spaces_sentence(comparison, loss: str) -> str:
+    """Whether the config ranking of `loss` changes between logit and parameter space, in words."""
+    from gradalign import analysis as A
+
+    c = comparison[comparison["loss"] == loss]
+    if c.empty:
+        return f"No node has both cosines for {loss}."
+    order = lambda col: " > ".join(c.sort_values(col)["config"])  # noqa: E731
+    if A.ranking_changes(comparison, loss):
+        return (f"The config ranking ({loss}) CHANGES between the spaces: logit {order('rank_logit')}; "
+                f"parameters {order('rank_params')}.")
+    return f"The config ranking ({loss}) is the same in logit and parameter space: {order('rank_logit')}."
+
+
 def correlation_header() -> list[str]:
     """Columns of the divergence-vs-alignment table."""
     return ["config", "loss", *[MEASURE_LABELS[x] for x in A.DIVERGENCES], "nodes"]

@@ -14,7 +14,7 @@ from gradalign import config as C
 
 CONFIG_CLASSES = (
     C.RunConfig, C.RunSection, C.TaskConfig, C.ModelConfig, C.SamplingConfig, C.BranchingConfig, C.DistillConfig,
-    C.TeacherConfig, C.SelectorSpec,
+    C.TeacherConfig, C.SelectorSpec, C.AlignmentConfig,
 )
 README = Path(__file__).resolve().parents[2] / "README.md"
 
