@@ -208,3 +208,50 @@ def adaptive_needed(est: SuccessEstimate, target_width: float, cap: int, z: floa
         else:
             lo = mid + 1
     return lo - est.n
+
+
+def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False) -> torch.Tensor:
+    """B seeded bootstrap replicates of a node's success vector over its slots: ``[B, K+1]`` float64.
+
+    outcomes: one sequence of per-continuation successes per slot, candidates first and the
+    residual bucket last (``[candidates..., residual]``; pass only the K candidates' when the node
+    has no residual bucket, giving ``[B, K]``). A success is a continuation graded correct and
+    not truncated (``SuccessEstimate``'s rule). Column s of the result is slot s's success rate in
+    each replicate: the spread of the replicates is the sampling spread of the estimate, so the
+    ideal gradient ``g* = p (S - V)`` and any linear map of S (e.g. ``J^T`` to parameter space) are
+    evaluated per replicate row to get their uncertainty.
+
+    Rule (a Bayesian bootstrap with a Jeffreys-like prior): a slot with n continuations draws
+    weights ``w ~ Dirichlet(1, ..., 1)`` over its n outcomes plus one pseudo-outcome of value 0.5,
+    and its replicate rate is ``sum_m w_m o_m + w_0 * 0.5``. Mean ``(successes + 0.5) / (n + 1)``,
+    variance about ``r (1 - r) / (n + 2)``; unlike the plain bootstrap a slot whose outcomes are
+    all equal (0/8, 8/8) still has noise. Replicates lie in [0, 1]. With ``paired=True`` slots of
+    equal n share their weights in a replicate (continuation m of every slot gets the same w_m),
+    which keeps the correlation between slots whose continuation m shares its noise stream
+    (`branching.common_random_numbers`). A slot with n = 0 is NaN in every replicate.
+    Deterministic in ``seed`` (a CPU ``torch.Generator``).
+    """
+    if B < 1:
+        raise ValueError(f"B must be >= 1, got {B}")
+    gen = torch.Generator().manual_seed(int(seed) % (1 << 63))
+    out = torch.empty((B, len(outcomes)), dtype=torch.float64)
+    shared: dict[int, torch.Tensor] = {}  # n -> [B, n + 1] Dirichlet weights (paired mode)
+
+    def weights(n: int) -> torch.Tensor:
+        e = -torch.log(torch.rand((B, n + 1), generator=gen, dtype=torch.float64).clamp_min(1e-300))  # Exp(1)
+        return e / e.sum(dim=1, keepdim=True)
+
+    for s, outs in enumerate(outcomes):
+        x = torch.tensor([float(bool(o)) for o in outs] + [0.5], dtype=torch.float64)
+        n = x.numel() - 1
+        if n == 0:
+            out[:, s] = math.nan
+            continue
+        if paired:
+            if n not in shared:
+                shared[n] = weights(n)
+            w = shared[n]
+        else:
+            w = weights(n)
+        out[:, s] = w @ x
+    return out

@@ -2,7 +2,8 @@
 
 Owns: `headlines` (one list of sentences, shown on the page, in summary.md and by the CLI), built
 from one small function per topic: ranking, questions won, decisive nodes, divergence, TIP
-quadrants, rock tokens, and a warning when there are few questions.
+quadrants, rock tokens, how many nodes' cosine signs are resolved per config, and a warning when
+there are few questions.
 
 Does not own: any statistic (every number is already in `ReportData`), or markup.
 """
@@ -19,7 +20,8 @@ def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
     """The few sentences a reader should take away, computed from the report's tables."""
     m = options.metric
     return [*_ranking_lines(data.ranking, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
-            *_quadrant_lines(data, m), *_rock_lines(data, options), *_size_lines(tables)]
+            *_quadrant_lines(data, m), *_rock_lines(data, options), *_resolved_lines(tables, data.loss),
+            *_size_lines(tables)]
 
 
 def _ranking_lines(r, m: str) -> list[str]:
@@ -103,6 +105,16 @@ def _rock_lines(data: ReportData, options: ReportOptions) -> list[str]:
     return [f"Rock-token candidates (top {options.rock_top_n} types per config) are {fmt_pct(rs['share_tokens'].mean())} of tokens, "
             f"{fmt_pct(rs['share_kl'].mean())} of summed KL(p||q) and {fmt_pct(rs['share_norm_est'].mean())} of the estimated "
             f"sampled-token OPD gradient norm (means over configs)."]
+
+
+def _resolved_lines(tables, loss: str) -> list[str]:
+    """How many nodes per config have a cosine whose sign is determined at 95% (the report's loss)."""
+    rc = A.resolved_counts(tables.alignment[tables.alignment["loss"] == loss], by=["config"])
+    if rc.empty:
+        return []
+    parts = ", ".join(f"{x.config} {int(x.resolved)}/{int(x.rows)}" for x in rc.itertuples())
+    return [f"Resolved nodes ({loss}; cosine sign determined at 95%): {parts}. The others are within their Monte Carlo "
+            f"noise: their colour and value are not evidence on their own."]
 
 
 def _size_lines(tables) -> list[str]:

@@ -22,7 +22,7 @@ def _align_rows(spec):
     rows = []
     for q, r, pos, ok, cfg, loss, cos, value in spec:
         rows.append({"question_id": q, "rollout_id": r, "position": pos, "token_id": 1, "token_text": "a", "correct": ok,
-                     "config": cfg, "loss": loss, "cos": cos, "cos_candidates": cos, "cos_debiased": cos,
+                     "config": cfg, "loss": loss, "cos": cos, "cos_candidates": cos,
                      "norm_ideal": 1.0, "norm_distill": 1.0, "teacher_advantage": 0.0, "value": value, "reason": ""})
     return _frame("alignment", rows)
 
