@@ -123,10 +123,19 @@ def _score(t, oracle) -> dict:
     }
 
 
-VARIANTS = {  # name -> branching overrides (relative to the issue's default: logspace, M = 8, top_k = 2)
-    "default M=8": {},
-    "M=32": {"continuations": 32},
+TODAY = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False}  # before issue 11
+ALL = {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True}  # the new default
+VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M = 8), explicit so defaults can move
+    "before (M=8)": TODAY,
+    "before (M=32)": {**TODAY, "continuations": 32},
+    "+ common random numbers": {**TODAY, "common_random_numbers": True},
+    "+ pilot allocation": {**TODAY, "allocation": "pilot"},
+    "+ per-token residual": {**TODAY, "residual_per_token": True},
+    "all three (M=4)": {**ALL, "continuations": 4},
+    "all three (M=8)": ALL,
+    "all three (M=16)": {**ALL, "continuations": 16},
 }
+QUICK = ("before (M=8)", "all three (M=8)")
 
 
 def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> dict:
@@ -136,8 +145,8 @@ def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from longworld import LongOracle, make_long_world
 
-    variants = variants or VARIANTS
-    seeds = [0, 1] if quick else [0, 1, 2, 3]
+    variants = variants or ({k: VARIANTS[k] for k in QUICK} if quick else VARIANTS)
+    seeds = [0, 1] if quick else [0, 1, 2]
     tmp = Path(tempfile.mkdtemp(prefix="gradalign-bench-prec-"))
     per: dict[str, list[dict]] = {v: [] for v in variants}
     runner = None

@@ -329,13 +329,13 @@ class BranchingConfig:
         paired across slots under `common_random_numbers`) behind every alignment row's `cos_se`,
         `cos_low`/`cos_high`, `resolved` and `snr_ideal`. Integer >= 2; costs no continuations,
         only B x (candidates + 1) arithmetic per node and config x loss.""")
-    common_random_numbers: bool = _doc(False, """
+    common_random_numbers: bool = _doc(True, """
         Common random numbers: continuation m of every candidate (and of the residual bucket) at a
         node shares one noise stream (its seed does not depend on the first token), so S_k - V is
         estimated from positively correlated outcomes. Each S_k stays an unbiased proportion; the
         bootstrap resamples the candidates' continuations in pairs to account for the correlation.
-        false: every continuation has its own stream.""")
-    allocation: str = _doc("equal", """
+        false: every continuation has its own stream (the behaviour before issue 11).""")
+    allocation: str = _doc("pilot", """
         How a node's (candidates + 1) x M continuations are split across its slots. `equal`: M
         each. `pilot`: `allocation_floor` each first, then the rest in proportion to p_k x sd_k
         (student probability times the pilot's binomial sd; the residual bucket weighs its mass),
@@ -343,7 +343,7 @@ class BranchingConfig:
     allocation_floor: int = _doc(2, """
         `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least
         keeps), an integer >= 1; capped by `continuations`.""")
-    residual_per_token: bool = _doc(False, """
+    residual_per_token: bool = _doc(True, """
         Stop pooling what was observed: every token drawn for the residual bucket gets the success
         rate of its own draws (as if it were a candidate), and only the tokens never drawn share
         the pooled residual rate. No extra continuations; false: all tokens outside the candidates

@@ -103,9 +103,13 @@ def test_success_replicates_shape_centre_spread_and_seed():
 
 def test_success_replicates_paired_keeps_the_correlation():
     """Under common random numbers slot k's continuation m shares its noise with slot j's m; the
-    paired bootstrap gives continuation m the same weight in both, so tied outcomes stay tied."""
+    paired bootstrap gives continuation m the same weight in both, so tied outcomes stay nearly
+    tied (only the per-slot pseudo-outcome differs: an unseen difference is not ruled out)."""
     a = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
     paired = E.success_replicates([a, a], B=500, seed=1, paired=True)
-    assert torch.equal(paired[:, 0], paired[:, 1])
+    assert torch.corrcoef(paired.T)[0, 1].item() > 0.9
+    assert 0 < (paired[:, 0] - paired[:, 1]).abs().max().item() < 0.15
+    zeros = E.success_replicates([[0] * 8, [0] * 8], B=500, seed=1, paired=True)
+    assert (zeros[:, 0] - zeros[:, 1]).std().item() > 0.02
     indep = E.success_replicates([a, a], B=500, seed=1, paired=False)
     assert abs(torch.corrcoef(indep.T)[0, 1].item()) < 0.2
