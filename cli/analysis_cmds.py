@@ -35,7 +35,7 @@ def _load_combined(run_dirs: List[Path]):
 def report(
     run_dirs: List[Path] = typer.Argument(..., help="run folders (written by `gradalign diagnose`); runs of the same task share a page"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder, e.g. reports/<task>/ (one task: the page goes here; several: OUT/<task>/)"),
-    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates | cos_debiased"),
+    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates"),
     loss: Optional[str] = typer.Option(None, help="loss of the one-loss views (winners, position, heatmaps, scatter, quadrants); default reverse_kl"),
     n_boot: int = typer.Option(2000, help="bootstrap replicates (questions are resampled, not tokens)"),
     seed: int = typer.Option(0, help="bootstrap seed"),
@@ -77,24 +77,27 @@ def report(
 
 def compare(
     run_dirs: List[Path] = typer.Argument(..., help="run folders (written by `gradalign diagnose`)"),
-    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates | cos_debiased"),
+    metric: str = typer.Option("cos", help="alignment column: cos | cos_candidates"),
     fmt: str = typer.Option("table", "--format", help="table (rich) | csv | json"),
     n_boot: int = typer.Option(2000, help="bootstrap replicates (questions are resampled, not tokens)"),
     seed: int = typer.Option(0, help="bootstrap seed"),
 ) -> None:
     """Rank configs x losses by mean alignment with 95% bootstrap intervals, split by verdict.
 
-    Same ranking as the report; --format csv or json prints machine-readable rows to stdout.
+    Same ranking as the report, plus how many rows have a resolved cosine sign (`resolved` of
+    `resolved_of`); --format csv or json prints machine-readable rows to stdout.
 
     Example: gradalign compare runs/demo --format csv
     """
     if fmt not in ("table", "csv", "json"):
         raise GradalignError(f"unknown --format {fmt!r}; choose table, csv or json")
     _check_dirs(run_dirs)
-    from gradalign.analysis import rank_configs
+    from gradalign.analysis import rank_configs, resolved_counts
 
     t = _load_combined(run_dirs)
     r = rank_configs(t.alignment, metric=metric, n_boot=n_boot, seed=seed)
+    rc = resolved_counts(t.alignment)[["config", "loss", "rows", "resolved"]].rename(columns={"rows": "resolved_of"})
+    r = r.merge(rc, on=["config", "loss"], how="left")
     if fmt == "csv":
         typer.echo(r.to_csv(index=False, float_format="%.6g"), nl=False)
         return
@@ -110,11 +113,12 @@ def compare(
     rr = t.rollouts
     table = Table(title=f"mean {metric}(ideal, distill), 95% CI over questions  ({int(rr.correct.sum())}/{len(rr)} rollouts correct, "
                         f"{rr.question_id.nunique()} questions)")
-    for col in ("#", "config", "loss", "all rollouts", "correct", "incorrect", "nodes c/i", "q"):
+    for col in ("#", "config", "loss", "all rollouts", "correct", "incorrect", "nodes c/i", "q", "resolved"):
         table.add_column(col, justify="left" if col in ("config", "loss") else "right", no_wrap=col != "config")
     for x in r.itertuples():
         table.add_row(str(x.rank), x.config, x.loss, ci(x.mean, x.ci_low, x.ci_high), ci(x.mean_correct, x.ci_low_correct, x.ci_high_correct),
-                      ci(x.mean_incorrect, x.ci_low_incorrect, x.ci_high_incorrect), f"{x.n_correct}/{x.n_incorrect}", str(x.n_questions))
+                      ci(x.mean_incorrect, x.ci_low_incorrect, x.ci_high_incorrect), f"{x.n_correct}/{x.n_incorrect}", str(x.n_questions),
+                      "-" if x.resolved != x.resolved else f"{int(x.resolved)}/{int(x.resolved_of)}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # piped: do not squeeze the intervals into 80 columns

@@ -139,20 +139,24 @@ def _render_summary(run) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gradalign.analysis import run_caveats, summary_table
+    from gradalign.analysis import resolved_counts, run_caveats, summary_table
 
     tables = run.tables()
     s = summary_table(tables.alignment)
+    rc = {(x.config, x.loss): f"{x.resolved}/{x.rows}" for x in resolved_counts(tables.alignment).itertuples()}
     r = tables.rollouts
     console = Console()
     table = Table(title=f"mean cos(ideal, distill) by config x loss  ({int(r.correct.sum())}/{len(r)} rollouts correct)")
-    for col in ("config", "loss", "correct rollouts", "incorrect rollouts", "all", "nodes (c/i)"):
+    for col in ("config", "loss", "correct rollouts", "incorrect rollouts", "all", "nodes (c/i)", "resolved"):
         left = col in ("config", "loss")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
     fmt = lambda v: "-" if v != v else f"{v:+.3f}"  # noqa: E731
     for (config, loss), row in s.iterrows():
-        table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{int(row.n_correct)}/{int(row.n_incorrect)}")
+        table.add_row(config, loss, fmt(row.mean_correct), fmt(row.mean_incorrect), fmt(row.mean_all), f"{int(row.n_correct)}/{int(row.n_incorrect)}",
+                      rc.get((config, loss), "-"))
     console.print(table)
+    console.print("resolved: nodes whose cosine sign is determined at 95% (alignment column `resolved`); "
+                  "the others are within their noise")
     for c in run_caveats(tables):  # the same records the report shows at its top
         typer.echo(f"warning: {c.message}")
 

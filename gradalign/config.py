@@ -42,6 +42,7 @@ LOSSES: tuple[str, ...] = ("reverse_kl", "forward_kl", "jsd", "sampled_token")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "auto")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 EXECUTORS: tuple[str, ...] = ("local", "ray")
+ALLOCATIONS: tuple[str, ...] = ("equal", "pilot")  # branching.allocation
 BUILTIN_GRADERS: tuple[str, ...] = ("exact", "numeric", "math-verify")
 SPACES: tuple[str, ...] = ("logit", "params")  # where cosines are taken (alignment.space)
 PARAM_METHODS: tuple[str, ...] = ("exact", "sketch")
@@ -313,8 +314,8 @@ class BranchingConfig:
     continuations: int = _doc(8, """
         M, continuations sampled to the end and graded per candidate token at a node (and for the
         residual bucket); a candidate's success rate is successes / M. Integer >= 1; cost is linear
-        in it, and a rate's 95% interval is about 1.96/sqrt(M) wide at 50%. The debiased cosine
-        splits the M into two halves, so M = 1 leaves it unavailable (a warning is logged).""")
+        in it, and a rate's 95% interval is about 1.96/sqrt(M) wide at 50%. The split-half
+        aggregate splits the M into two halves, so M = 1 leaves it unavailable (a warning is logged).""")
     top_k: int = _doc(3, """
         Candidate tokens per source: the student's top-k and each teacher config's top-k join the
         sampled token. Integer >= 0; 0 = the sampled token only (plus `coverage`). Each candidate
@@ -370,6 +371,30 @@ class BranchingConfig:
         Adaptive M only: the most continuations one candidate may get, an integer >= `continuations`
         (checked when `adaptive_target_width` > 0), so adaptive M costs at most adaptive_max /
         continuations times fixed M.""")
+    bootstrap_replicates: int = _doc(200, """
+        B, bootstrap replicates of each node's success vector (continuations resampled per slot,
+        paired across slots under `common_random_numbers`) behind every alignment row's `cos_se`,
+        `cos_low`/`cos_high`, `resolved` and `snr_ideal`. Integer >= 2; costs no continuations,
+        only B x (candidates + 1) arithmetic per node and config x loss.""")
+    common_random_numbers: bool = _doc(True, """
+        Common random numbers: continuation m of every candidate (and of the residual bucket) at a
+        node shares one noise stream (its seed does not depend on the first token), so S_k - V is
+        estimated from positively correlated outcomes. Each S_k stays an unbiased proportion; the
+        bootstrap resamples the candidates' continuations in pairs to account for the correlation.
+        false: every continuation has its own stream (the behaviour before issue 11).""")
+    allocation: str = _doc("pilot", """
+        How a node's (candidates + 1) x M continuations are split across its slots. `equal`: M
+        each. `pilot`: `allocation_floor` each first, then the rest in proportion to p_k x sd_k
+        (student probability times the pilot's binomial sd; the residual bucket weighs its mass),
+        since the error of g*_k = p_k (S_k - V) scales with p_k. Same continuations per node.""")
+    allocation_floor: int = _doc(2, """
+        `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least
+        keeps), an integer >= 1; capped by `continuations`.""")
+    residual_per_token: bool = _doc(True, """
+        Stop pooling what was observed: every token drawn for the residual bucket gets the success
+        rate of its own draws (as if it were a candidate), and only the tokens never drawn share
+        the pooled residual rate. No extra continuations; false: all tokens outside the candidates
+        share the pooled rate (which can average a decisive rare token with harmless ones).""")
 
 
 @dataclass(frozen=True)
@@ -446,10 +471,6 @@ class AlignmentConfig:
     memory_mb: int = _doc(256, """
         Memory budget (MiB) of the per-vector module gradients one batched backward of the `exact`
         method holds; more nodes per backward when larger (a node is never split).""")
-    replicates: int = _doc(200, """
-        Bootstrap replicates of the success vector S whose spread gives `cos_params_se` (the
-        uncertainty of g* propagated to `cos_params`; algebra on the node's Gram matrix, no model
-        pass); 0 = none (the column is NaN).""")
 
 
 @dataclass(frozen=True)
@@ -626,8 +647,8 @@ def config_warnings(cfg: RunConfig) -> tuple[str, ...]:
         )
     if cfg.branching.continuations == 1:
         out.append(
-            "branching.continuations = 1: the debiased cosine needs >= 2 continuations per "
-            "candidate and will be unavailable"
+            "branching.continuations = 1: the split-half aggregate (analysis.split_half_alignment) "
+            "needs >= 2 continuations per candidate and will be unavailable"
         )
     return tuple(out)
 
@@ -1149,6 +1170,11 @@ def _parse_branching(s: _Section) -> BranchingConfig:
         refine_nodes=s.int("refine_nodes", lo=1),
         adaptive_target_width=adaptive_target_width,
         adaptive_max=adaptive_max,
+        bootstrap_replicates=s.int("bootstrap_replicates", lo=2),
+        common_random_numbers=s.bool("common_random_numbers"),
+        allocation=s.choice("allocation", ALLOCATIONS),
+        allocation_floor=s.int("allocation_floor", lo=1),
+        residual_per_token=s.bool("residual_per_token"),
     )
 
 

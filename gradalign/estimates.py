@@ -208,3 +208,53 @@ def adaptive_needed(est: SuccessEstimate, target_width: float, cap: int, z: floa
         else:
             lo = mid + 1
     return lo - est.n
+
+
+def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False) -> torch.Tensor:
+    """B seeded bootstrap replicates of a node's success vector over its slots: ``[B, K+1]`` float64.
+
+    outcomes: one sequence of per-continuation successes per slot, candidates first and the
+    residual bucket last (``[candidates..., residual]``; pass only the K candidates' when the node
+    has no residual bucket, giving ``[B, K]``). A success is a continuation graded correct and
+    not truncated (``SuccessEstimate``'s rule). Column s of the result is slot s's success rate in
+    each replicate: the spread of the replicates is the sampling spread of the estimate, so the
+    ideal gradient ``g* = p (S - V)`` and any linear map of S (e.g. ``J^T`` to parameter space) are
+    evaluated per replicate row to get their uncertainty.
+
+    Rule (a Bayesian bootstrap with a Jeffreys-like prior): a slot with n continuations draws
+    weights ``w ~ Dirichlet(1, ..., 1)`` over its n outcomes plus one pseudo-outcome of value 0.5,
+    and its replicate rate is ``sum_m w_m o_m + w_0 * 0.5``. Mean ``(successes + 0.5) / (n + 1)``,
+    variance about ``r (1 - r) / (n + 2)``; unlike the plain bootstrap a slot whose outcomes are
+    all equal (0/8, 8/8) still has noise. Replicates lie in [0, 1]. With ``paired=True`` slots of
+    equal n share the weights of their outcomes in a replicate (continuation m of every slot gets
+    the same w_m, before normalising), which keeps the correlation between slots whose continuation
+    m shares its noise stream (`branching.common_random_numbers`); the pseudo-outcome's weight stays
+    each slot's own, so two slots with identical outcomes (common under shared noise, when a rare
+    difference went unseen) still differ by about the noise of one unseen continuation rather than
+    being called exactly equal. A slot with n = 0 is NaN in every replicate.
+    Deterministic in ``seed`` (a CPU ``torch.Generator``).
+    """
+    if B < 1:
+        raise ValueError(f"B must be >= 1, got {B}")
+    gen = torch.Generator().manual_seed(int(seed) % (1 << 63))
+    out = torch.empty((B, len(outcomes)), dtype=torch.float64)
+    shared: dict[int, torch.Tensor] = {}  # n -> [B, n] Exp(1) draws of the outcomes' weights (paired mode)
+
+    def exp(shape) -> torch.Tensor:
+        return -torch.log(torch.rand(shape, generator=gen, dtype=torch.float64).clamp_min(1e-300))
+
+    for s, outs in enumerate(outcomes):
+        x = torch.tensor([float(bool(o)) for o in outs], dtype=torch.float64)
+        n = x.numel()
+        if n == 0:
+            out[:, s] = math.nan
+            continue
+        if paired:
+            if n not in shared:
+                shared[n] = exp((B, n))
+            e = shared[n]
+        else:
+            e = exp((B, n))
+        e0 = exp((B,))  # the pseudo-outcome's weight is the slot's own, also when paired
+        out[:, s] = (e @ x + 0.5 * e0) / (e.sum(dim=1) + e0)
+    return out

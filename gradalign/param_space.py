@@ -5,7 +5,7 @@ parameter-space vectors ``J_t^T v`` of every node of one rollout (`exact_grams`:
 VJPs chunked to a memory budget, per-module Gram accumulation, never a full per-vector gradient),
 the sketched Gram (`sketch_grams`: k seeded random parameter tangents, forward-mode JVPs at every
 position at once), and the cheap algebra from a node's Gram to ``cos_params``, its norms and
-standard errors (`node_basis`, `ideal_coefficients`, `param_cosines`, `binomial_replicates`).
+standard errors (`node_basis`, `ideal_coefficients`, `param_cosines`; the replicates come from `estimates.success_replicates`).
 Does NOT own the logit-space formulas (`gradalign.gradients`), the success estimates
 (`gradalign.estimates`), nor where nodes come from (`gradalign.pipeline.alignment` calls this).
 
@@ -187,26 +187,6 @@ def ideal_coefficients(masses: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return S - value
 
 
-def binomial_replicates(successes: Sequence[int], n: Sequence[int], rates: Sequence[float], B: int,
-                        seed: int) -> torch.Tensor:
-    """Per-candidate binomial bootstrap of the success vector: ``[B, K+1]`` float64.
-
-    Slot j (candidates, then the residual) draws ``Binomial(n_j, rate_j) / n_j`` independently; a slot
-    with ``n_j = 0`` keeps ``rates[j]`` (e.g. the residual filled with 0 when it was not sampled).
-    Placeholder until `gradalign.estimates.success_replicates` (issue 11) lands; `param_cosines` takes
-    any ``[B, K+1]`` replicate tensor.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    out = torch.empty(B, len(n), dtype=torch.float64)
-    for j, (nj, rj) in enumerate(zip(n, rates)):
-        if nj > 0:
-            prob = torch.full((B,), float(successes[j]) / nj, dtype=torch.float64)
-            out[:, j] = torch.binomial(torch.full((B,), float(nj), dtype=torch.float64), prob, generator=g) / nj
-        else:
-            out[:, j] = float(rj)
-    return out
-
-
 @dataclass(frozen=True)
 class ParamCosines:
     """Parameter-space results of one node, one entry per distillation direction (C*L of them).
@@ -241,7 +221,7 @@ def param_cosines(gram: torch.Tensor, masses: torch.Tensor, S: torch.Tensor, rep
     gram: ``[K+1+C, K+1+C]`` Gram of ``J^T`` of (the K+1 basis vectors of `node_basis`, then the C
     distillation directions); masses: ``[K+1]`` (see `ideal_coefficients`); S: ``[K+1]`` the point
     estimate of the success rates; replicates: optional ``[B, K+1]`` replicate success vectors (e.g.
-    `binomial_replicates`), whose spread of cos gives `ParamCosines.se` (over the replicates where cos is
+    `estimates.success_replicates`), whose spread of cos gives `ParamCosines.se` (over the replicates where cos is
     defined: one whose g* is zero has none; NaN when fewer than two are); sketch_k: the number of
     tangents when `gram` is a sketch, for `ParamCosines.sketch_se`.
     """

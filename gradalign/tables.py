@@ -108,18 +108,29 @@ class AlignmentRow:
     loss: str = _col("string", " | ".join(LOSSES))
     cos: float = _col("float64", "cosine(ideal gradient, distillation descent direction), full vocabulary")
     cos_candidates: float = _col("float64", "same, restricted to the candidate set")
-    cos_debiased: float = _col("float64", "split-half noise-corrected cosine (may exceed 1 in magnitude)")
     norm_ideal: float = _col("float64", "||p (S - V)||")
     norm_distill: float = _col("float64", "||d||")
     teacher_advantage: float = _col("float64", "sum q S - sum p S")
     value: float = _col("float64", "V = sum p S at the node")
     reason: str = _col("string", "why a cosine is NaN, and grader faults at the node (e.g. 'grader_errors:3/16'); "
                                  "'' when all are defined and every continuation was graded")
+    cos_se: float = _col("float64", "bootstrap standard deviation of cos (continuations resampled; gradalign.precision)")
+    cos_low: float = _col("float64", "95% interval for the exact cos, low end (basic bootstrap, in [-1, 1])")
+    cos_high: float = _col("float64", "95% interval for the exact cos, high end")
+    resolved: bool = _col("bool", "the sign of cos is determined at 95% (|<g*, d>| > 1.96 bootstrap sd)")
+    snr_ideal: float = _col("float64", "||g*||^2 / noise - 1, noise = bootstrap estimate of E||g* - E g*||^2; "
+                                       "<= 0: g* is indistinguishable from its noise")
+    norm2_ideal_split: float = _col("float64", "<g*_A, g*_B> from two independent halves of the continuations: "
+                                               "unbiased for ||E g*||^2, may be negative (analysis.split_half_alignment)")
+    residual_mass: float = _col("float64", "student mass whose success is the pooled residual rate (outside the candidates; "
+                                           "with branching.residual_per_token, outside the tokens drawn too)")
+    pooling_bound: float = _col("float64", "upper bound on ||delta g*|| from pooling the tokens outside the candidates "
+                                           "into one success rate (units of norm_ideal)")
     # parameter space (alignment.space has "params"; NaN otherwise), `gradalign.param_space`
     cos_params: float = _col("float64", "cos(J^T g*, J^T d): the cosine of the parameter gradients over "
                                         "alignment.scope (J = d logits / d parameters at the node)")
     cos_params_se: float = _col("float64", "standard deviation of cos_params over bootstrap replicates of S "
-                                           "(the uncertainty of g* propagated; NaN with alignment.replicates = 0)")
+                                           "(the uncertainty of g* propagated: the replicates behind cos_se, branching.bootstrap_replicates)")
     cos_params_sketch_se: float = _col("float64", "(1 - c^2)/sqrt(k) of the sketch method; NaN for the exact one")
     norm_ideal_params: float = _col("float64", "||J^T g*|| w.r.t. the raw logits (includes 1/temperature)")
     norm_distill_params: float = _col("float64", "||J^T d|| w.r.t. the raw logits")

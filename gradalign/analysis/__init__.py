@@ -20,12 +20,14 @@ the modules below are the implementation, one concept each:
   configs differ, judged on the same questions, and where).
 - `caveats`: `Caveat`, `CAVEAT_KINDS`, `run_caveats` (the warnings the CLI summary and the report show).
 - `spaces`: `has_param_space`, `space_comparison`, `ranking_changes` (logit vs parameter space).
+- `splithalf`: `split_half_alignment` (the split-half noise-corrected mean cosine per group).
+- `precision`: `resolved_counts` (how many nodes' cosine signs are determined, per config).
 
 Does not own: reading or writing files (`gradalign.tables` reads, `gradalign.report` and the CLI
 write), plotting or any rendering, and computing the tables themselves (`gradalign.engine`).
 
 Conventions used throughout:
-- `metric` is an alignment column (`cos`, `cos_candidates` or `cos_debiased`); rows where it is NaN
+- `metric` is an alignment column (`cos` or `cos_candidates`); rows where it is NaN
   (an undefined cosine, see the `reason` column) are dropped before averaging.
 - A "mean alignment" is the mean over branched-node rows (nodes pooled across questions); its
   interval comes from resampling whole questions with replacement (cluster bootstrap, percentile
@@ -46,6 +48,7 @@ from gradalign.analysis.position import (
     node_delta_v,
     relative_position,
 )
+from gradalign.analysis.precision import resolved_counts
 from gradalign.analysis.ranking import rank_configs, summary_table
 from gradalign.analysis.rocks import opd_norm_check, opd_norm_estimate, rock_summary, rock_tokens, token_loss
 from gradalign.analysis.schema import (
@@ -61,6 +64,7 @@ from gradalign.analysis.schema import _check_loss as _check_loss  # private, re-
 from gradalign.analysis.schema import _check_metric as _check_metric  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.separation import Separation, disagreement_nodes, paired_difference, tie_partner
 from gradalign.analysis.spaces import has_param_space, ranking_changes, space_comparison
+from gradalign.analysis.splithalf import split_half_alignment
 from gradalign.analysis.stats import Interval, bootstrap_ci, cluster_bootstrap, spearman
 from gradalign.analysis.tip import QUADRANT_NAMES, QUADRANTS, quadrant_summary, tip_quadrants, tip_thresholds
 from gradalign.analysis.weights import RULE_HELP, RULE_KINDS, WeightRule, parse_rule, token_weights
@@ -72,7 +76,8 @@ __all__ = [
     "TOKEN_KEY", "AnalysisError", "Interval", "WeightRule", "alignment_at_decisive", "alignment_by_position",
     "bootstrap_ci", "cluster_bootstrap", "combine_runs", "decisive_nodes", "default_loss", "divergence_correlations",
     "join_tokens", "node_delta_v", "opd_norm_check", "opd_norm_estimate", "parse_rule", "quadrant_summary",
-    "question_winners", "rank_configs", "relative_position", "rock_summary", "rock_tokens", "single_winner",
+    "question_winners", "rank_configs", "relative_position", "resolved_counts", "rock_summary", "rock_tokens",
+    "single_winner", "split_half_alignment",
     "spearman", "summary_table", "tip_quadrants", "tip_thresholds", "token_loss", "token_weights", "winner_shares",
 ]
 __all__ += ["has_param_space", "ranking_changes", "space_comparison"]

@@ -25,7 +25,7 @@ from typing import Iterable
 from gradalign.config import LOSSES
 from gradalign.errors import GradalignError
 
-METRICS = ("cos", "cos_candidates", "cos_debiased", "cos_params")
+METRICS = ("cos", "cos_candidates", "cos_params")
 DIVERGENCES = ("kl_pq", "kl_qp", "jsd", "dist_cos")
 NODE_KEY = ["question_id", "rollout_id", "position"]
 TOKEN_KEY = ["question_id", "rollout_id", "position", "config"]

@@ -3,9 +3,11 @@
 Owns: `align`: per branch, the success estimates of each candidate and the residual bucket
 (`tables.NodeRow`s), the full-vocabulary success vector S (candidates' rates; the residual rate for
 every other token), V = sum p S, the ideal gradient g* = p (S - V), and for every config x loss
-the distillation descent direction d, cos(g*, d) over the full vocabulary and over K, the
-split-half debiased cosine, norms, the teacher advantage and the reason a cosine is undefined
-(`tables.AlignmentRow`s). A non-finite student or teacher distribution is a row with a reason,
+the distillation descent direction d, cos(g*, d) over the full vocabulary and over K, its
+uncertainty (`gradalign.precision`: bootstrap se and 95% interval, `resolved`, the ideal
+gradient's snr, the residual mass and pooling bound), the split-half product <g*_A, g*_B> that
+`analysis.split_half_alignment` aggregates, norms, the teacher advantage and the reason a cosine
+is undefined (`tables.AlignmentRow`s). A non-finite student or teacher distribution is a row with a reason,
 never a crash. Continuations whose grader erred or timed out count as failures; the node's rows
 count them (`grader_errors`, `grader_timeouts`) and its alignment rows name them in `reason`
 (`grader_errors:3/16`), and a zero ideal gradient because no continuation was graded says
@@ -28,10 +30,12 @@ from typing import Sequence
 import torch
 
 from gradalign import gradients as G
-from gradalign.estimates import full_vocab_success
+from gradalign import precision as P
+from gradalign.estimates import full_vocab_success, success_replicates
 from gradalign.pipeline.branching import RESIDUAL, Branch, BranchOutcomes
 from gradalign.pipeline.resources import Resources
 from gradalign.pipeline.scoring import NodeDists
+from gradalign.sampling import stable_seed
 from gradalign.tables import AlignmentRow, NodeRow
 
 
@@ -92,7 +96,15 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                 return "all_continuations_failed_grading"
             return c.reason and prefix + c.reason
         rates = torch.tensor([s.estimate.rate for s in slots], dtype=torch.float64)
-        S = full_vocab_success(V, ids, rates, rest)
+        # residual_per_token: each token drawn for the residual bucket gets the mean of its own draws
+        # (its slots join the candidates'); the pooled rate is left only for tokens never drawn
+        tok_outs: dict[int, list[bool]] = {}
+        if br.residual_tokens and cfg.branching.residual_per_token:
+            for m, o in enumerate(outcomes.successes(bi, RESIDUAL)):
+                tok_outs.setdefault(br.residual_tokens[m], []).append(o)
+        xids = torch.tensor([c.token_id for c in br.candidates] + list(tok_outs), dtype=torch.long)
+        xrates = torch.cat([rates, torch.tensor([sum(o) / len(o) for o in tok_outs.values()], dtype=torch.float64)])
+        S = full_vocab_success(V, xids, xrates, rest)
         g = G.ideal_gradient(p, S)
         value = float(G.node_value(p, S))
         ha = torch.tensor([s.halves.a.rate for s in slots], dtype=torch.float64)
@@ -100,9 +112,23 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         halves_ok = bool(torch.isfinite(ha).all() and torch.isfinite(hb).all()) and (
             rest is None or (math.isfinite(rest_a) and math.isfinite(rest_b))
         )
+        split = math.nan  # from the pooled residual rate's halves, also under residual_per_token
         if halves_ok:
             g_a = G.ideal_gradient(p, full_vocab_success(V, ids, ha, rest_a))
             g_b = G.ideal_gradient(p, full_vocab_success(V, ids, hb, rest_b))
+            split = float(g_a @ g_b)
+        # precision: the node's success vector over [candidates..., outside] and its bootstrap replicates
+        fold = P.Folded.of(p, xids) if student_ok else None
+        outs = [outcomes.successes(bi, k) for k in range(len(br.candidates))] + list(tok_outs.values())
+        if br.residual_tokens:
+            outs.append(outcomes.successes(bi, RESIDUAL))
+        reps = success_replicates(outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
+                                  seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t))
+        fill = 0.0 if rest is None else rest
+        S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
+        if not br.residual_tokens:
+            reps = torch.cat([reps, torch.full((reps.shape[0], 1), fill, dtype=torch.float64)], dim=1)
+        noise = P.node_noise(fold, S_slots, reps, p) if fold is not None else P.NodeNoise(math.nan, math.nan, math.nan, math.nan)
         y = r.token_ids[t]
         first_row, dirs = len(align_rows), []
         for teacher in res.teachers:
@@ -113,50 +139,46 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
             for loss in cfg.distill.losses:
                 if not (student_ok and teacher_ok):  # a runtime fault is a row with a reason, not a crash
                     nan = G.Cosine(math.nan, "nonfinite_student_logits" if not student_ok else "nonfinite_teacher_logits")
-                    dvec, c_full, c_cand, c_deb = torch.full_like(p, math.nan), nan, nan, nan
+                    dvec, c_full, c_cand, prec = torch.full_like(p, math.nan), nan, nan, P.UNDEFINED
                 else:
                     dvec = G.distill_direction(loss, lp, lq, token=torch.tensor(y), beta=beta)
                     c_full = G.cosine(g, dvec)
                     c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
-                    c_deb = G.debiased_cosine(g_a, g_b, dvec) if halves_ok else G.Cosine(math.nan, "halves_undefined")
+                    prec = (P.cosine_precision(fold, S_slots, reps, fold.direction(p, xids, dvec), float(dvec.norm()))
+                            if math.isfinite(c_full.value) else P.UNDEFINED)
                 dirs.append(dvec)
-                reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), why(c_deb, "debiased:"), *grading) if x]
+                reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), *grading) if x]
                 align_rows.append(AlignmentRow(
                     question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
                     token_text=tok.decode([y]), correct=r.correct, config=teacher.name, loss=loss,
-                    cos=c_full.value, cos_candidates=c_cand.value, cos_debiased=c_deb.value,
+                    cos=c_full.value, cos_candidates=c_cand.value,
                     norm_ideal=float(g.norm()), norm_distill=float(dvec.norm()),
                     teacher_advantage=adv, value=value, reason=";".join(dict.fromkeys(reasons)),
+                    cos_se=prec.se, cos_low=prec.low, cos_high=prec.high, resolved=prec.resolved,
+                    snr_ideal=noise.snr, norm2_ideal_split=split, residual_mass=noise.residual_mass,
+                    pooling_bound=noise.pooling_bound,
                     cos_params=math.nan, cos_params_se=math.nan, cos_params_sketch_se=math.nan,
                     norm_ideal_params=math.nan, norm_distill_params=math.nan,
                 ))
         if params and student_ok:
             param_nodes.setdefault((r.question_id, r.rollout_id), []).append(
-                (_param_node(cfg, br, p, ids, slots, outcomes.estimate(bi, RESIDUAL) if br.residual_tokens else None,
-                             torch.stack(dirs)), first_row))
+                (_param_node(br, p, xids, S_slots, reps, torch.stack(dirs)), first_row))
     if param_nodes:
         _fill_params(res, branches, param_nodes, align_rows)
     return Alignment(node_rows, align_rows)
 
 
-def _param_node(cfg, br: Branch, p: torch.Tensor, ids: torch.Tensor, slots, residual, dirs: torch.Tensor):
-    """The parameter-space inputs of one node: S per basis vector (candidates, then the residual rate,
-    0 where no residual was sampled, as `full_vocab_success` fills it) and its bootstrap replicates."""
+def _param_node(br: Branch, p: torch.Tensor, xids: torch.Tensor, S_slots: torch.Tensor, reps: torch.Tensor,
+                dirs: torch.Tensor):
+    """The parameter-space inputs of one node: the slots' token ids (candidates, then residual tokens
+    with their own rate), S per basis vector (those slots, then the pooled rate of every other token,
+    0 where no residual was sampled, as `full_vocab_success` fills it), the same bootstrap replicates
+    the logit cosine's interval uses ([B, K'+1], `estimates.success_replicates`), and the C*L
+    directions."""
     from gradalign import param_space as PS
-    from gradalign.sampling.protocol import stable_seed
 
-    ests = [s.estimate for s in slots] + ([residual.estimate] if residual is not None else [])
-    rates = [e.rate for e in ests] + ([] if residual is not None else [0.0])
-    S = torch.tensor(rates, dtype=torch.float64)
-    reps = None
-    B = cfg.alignment.replicates
-    if B > 0:
-        r = br.rollout
-        reps = PS.binomial_replicates([e.successes for e in ests] + [0] * (residual is None),
-                                      [e.n for e in ests] + [0] * (residual is None), rates, B,
-                                      stable_seed(cfg.run.seed, "param_replicates", r.question_id, r.rollout_id, br.position))
     row = len(br.rollout.prompt_ids) + br.position - 1  # logits row predicting completion token t
-    return PS.ParamNode(row, p, ids, S, dirs, reps)
+    return PS.ParamNode(row, p, xids, S_slots, dirs, reps)
 
 
 def _fill_params(res: Resources, branches: Sequence[Branch], param_nodes: dict, align_rows: list[AlignmentRow]) -> None:

@@ -5,14 +5,18 @@ residual bucket's first tokens: M draws from p renormalised outside K, seeded by
 mass outside K is at least `branching.residual_min_mass`), and `run_branches` (M continuations per
 candidate and for the residual bucket in one batched round, then, with adaptive M, further rounds
 for candidates whose Wilson interval is wider than `branching.adaptive_target_width`, up to
-`branching.adaptive_max`). Does not own how a continuation is graded (`rollouts`), the interval
-rules (`gradalign.estimates`) or turning outcomes into S, V and cosines (`alignment`).
+`branching.adaptive_max`; with `branching.allocation = "pilot"`, a pilot round and a second one
+that splits each node's budget by p_k * sd_k (`allocate`); with `branching.common_random_numbers`, continuation m of every slot at
+a node is seeded by (node, m) alone, so all slots share its noise stream). Does not own how a
+continuation is graded (`rollouts`), the interval rules (`gradalign.estimates`) or turning outcomes
+into S, V and cosines (`alignment`).
 
 Slots: a branch's candidates are slots 0..K-1; the residual bucket is slot -1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,6 +45,7 @@ class Branch:
     candidates: tuple[Candidate, ...]  # K
     residual_tokens: tuple[int, ...]  # first tokens drawn outside K (empty: no residual bucket)
     residual_mass: float  # student mass outside K
+    probs: tuple[float, ...] = ()  # student probability of each candidate (K), for allocation
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class BranchOutcomes:
         outs = self.outcomes[(branch, slot)]
         ok, tr = [o[0] for o in outs], [o[1] for o in outs]
         return SlotEstimate(SuccessEstimate.from_outcomes(ok, tr), split_halves(ok, tr))
+
+    def successes(self, branch: int, slot: int) -> list[bool]:
+        """The slot's per-continuation successes (graded correct and not truncated), in order."""
+        return [bool(o[0]) and not o[1] for o in self.outcomes[(branch, slot)]]
 
     def grader_faults(self, branch: int, slot: int) -> tuple[int, int]:
         """(errors, timeouts): the slot's continuations whose grader status was "error" / "timeout"."""
@@ -94,8 +103,10 @@ def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[S
                 w = p.clone()
                 w[ids] = 0
                 g = torch.Generator().manual_seed(stable_seed(cfg.run.seed, "residual", r.question_id, r.rollout_id, t))
-                resid = tuple(torch.multinomial(w / w.sum(), b.continuations, replacement=True, generator=g).tolist())
-            out.append(Branch(r, t, k, node.reason, cands, resid, outside))
+                # pilot allocation may give the residual bucket up to the node's whole budget
+                n_draw = b.continuations * (len(cands) + 1) if b.allocation == "pilot" else b.continuations
+                resid = tuple(torch.multinomial(w / w.sum(), n_draw, replacement=True, generator=g).tolist())
+            out.append(Branch(r, t, k, node.reason, cands, resid, outside, tuple(float(p[c.token_id]) for c in cands)))
     return out
 
 
@@ -103,14 +114,16 @@ def _draw(res: Resources, branches: Sequence[Branch], want: dict) -> tuple[dict,
     """Continue each (branch, slot) from y_<t + its first token for the given continuation
     indices, in one `continue_and_grade` call. Returns ({(branch, slot): [(success, truncated,
     status)]} in continuation order, continuations sampled (a first token that is EOS needs none))."""
-    seed = res.cfg.run.seed
+    seed, crn = res.cfg.run.seed, res.cfg.branching.common_random_numbers
     keys, items = [], []
     for (bi, slot), firsts in want.items():
         r, t = branches[bi].rollout, branches[bi].position
         for first, m in firsts:
             keys.append((bi, slot))
+            # common random numbers: continuation m of every slot at the node shares one noise stream
+            key = ("crn", m) if crn else (slot < 0, first, m)
             items.append(Continuation(r.row, r.prompt_ids, r.token_ids[:t] + (first,),
-                                      stable_seed(seed, "branch", r.question_id, r.rollout_id, t, slot < 0, first, m)))
+                                      stable_seed(seed, "branch", r.question_id, r.rollout_id, t, *key)))
     drawn: dict[tuple[int, int], list[tuple[bool, bool, str]]] = {}
     sampled = 0
     for key, o in zip(keys, continue_and_grade(res, items)):
@@ -119,16 +132,68 @@ def _draw(res: Resources, branches: Sequence[Branch], want: dict) -> tuple[dict,
     return drawn, sampled
 
 
-def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
-    """Round 1: M continuations per candidate and the residual bucket's M; adaptive rounds after."""
+def allocate(total: int, weights: Sequence[float], have: Sequence[int]) -> list[int]:
+    """Extra continuations per slot so that slot s ends with about ``total * w_s / sum w`` (never
+    fewer than it has): the largest-remainder split of ``total - sum(have)`` in proportion to the
+    shortfall. ``weights`` >= 0; all zero gives an equal split. Deterministic."""
+    left = total - sum(have)
+    if left <= 0 or not weights:
+        return [0] * len(have)
+    wsum = sum(weights)
+    w = [x / wsum for x in weights] if wsum > 0 else [1.0 / len(weights)] * len(weights)
+    want = [max(0.0, total * x - h) for x, h in zip(w, have)]
+    wsum = sum(want)
+    if wsum <= 0:
+        return [0] * len(have)
+    share = [left * x / wsum for x in want]
+    extra = [int(math.floor(x)) for x in share]
+    for i in sorted(range(len(share)), key=lambda i: (extra[i] - share[i], i))[: left - sum(extra)]:
+        extra[i] += 1
+    return extra
+
+
+def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> dict:
+    """`branching.allocation = "pilot"`: after `allocation_floor` continuations per slot, the rest of
+    each node's (K + 1) x M goes to slots in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the
+    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass)."""
     b = res.cfg.branching
     want = {}
     for bi, br in enumerate(branches):
+        slots = list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])
+        have = [len(outcomes[(bi, s)]) for s in slots]
+        weights = []
+        for s, n in zip(slots, have):
+            ok = sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)])
+            r = (ok + 0.5) / (n + 1)
+            weights.append((br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
+        extra = allocate(b.continuations * len(slots), weights, have)
+        for s, n, e in zip(slots, have, extra):
+            if not e:
+                continue
+            if s == RESIDUAL:
+                want[(bi, s)] = [(br.residual_tokens[m], m) for m in range(n, n + e)]
+            else:
+                want[(bi, s)] = [(br.candidates[s].token_id, m) for m in range(n, n + e)]
+    return want
+
+
+def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
+    """Round 1: M continuations per candidate and the residual bucket's M (with pilot allocation:
+    `allocation_floor` each, then the node's remaining budget by p_k * sd_k); adaptive rounds after."""
+    b = res.cfg.branching
+    m1 = min(b.allocation_floor, b.continuations) if b.allocation == "pilot" else b.continuations
+    want = {}
+    for bi, br in enumerate(branches):
         for k, c in enumerate(br.candidates):
-            want[(bi, k)] = [(c.token_id, m) for m in range(b.continuations)]
+            want[(bi, k)] = [(c.token_id, m) for m in range(m1)]
         if br.residual_tokens:
-            want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens)]
+            want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens[:m1])]
     outcomes, total = _draw(res, branches, want)
+    if b.allocation == "pilot":
+        more, n = _draw(res, branches, _pilot_round(res, branches, outcomes))
+        for key, outs in more.items():
+            outcomes[key] = outcomes[key] + outs
+        total += n
     rounds = 0
     while b.adaptive_target_width > 0 and rounds < MAX_ADAPTIVE_ROUNDS:
         rounds += 1

@@ -2,7 +2,9 @@
 
 Owns: `headlines` (one list of sentences, shown on the page, in summary.md and by the CLI), built
 from one small function per topic: ranking, questions won, decisive nodes, divergence, TIP
-quadrants, rock tokens, and where two configs that tie on average differ (`tie_lines`). Warnings (few questions, ...) are `analysis.run_caveats`, shown above these.
+quadrants, rock tokens, how many nodes' cosine signs are resolved per config, and where two configs
+that tie on average differ (`tie_lines`). Warnings (few questions, ...) are `analysis.run_caveats`,
+shown above these.
 
 Does not own: any statistic (every number is already in `ReportData`), or markup.
 """
@@ -19,7 +21,7 @@ def headlines(data: ReportData, tables, options: ReportOptions) -> list[str]:
     """The few sentences a reader should take away, computed from the report's tables."""
     m = options.metric
     return [*_ranking_lines(data, m), *tie_lines(data, m), *_winner_lines(data), *_decisive_lines(data), *_divergence_lines(data),
-            *_quadrant_lines(data, m), *_rock_lines(data, options), *_space_lines(data)]
+            *_quadrant_lines(data, m), *_rock_lines(data, options), *_space_lines(data), *_resolved_lines(tables, data.loss)]
 
 
 def _space_lines(data: ReportData) -> list[str]:
@@ -134,3 +136,12 @@ def _rock_lines(data: ReportData, options: ReportOptions) -> list[str]:
             f"{fmt_pct(rs['share_kl'].mean())} of summed KL(p||q) and {fmt_pct(rs['share_norm_est'].mean())} of the estimated "
             f"sampled-token OPD gradient norm (means over configs)."]
 
+
+def _resolved_lines(tables, loss: str) -> list[str]:
+    """How many nodes per config have a cosine whose sign is determined at 95% (the report's loss)."""
+    rc = A.resolved_counts(tables.alignment[tables.alignment["loss"] == loss], by=["config"])
+    if rc.empty:
+        return []
+    parts = ", ".join(f"{x.config} {int(x.resolved)}/{int(x.rows)}" for x in rc.itertuples())
+    return [f"Resolved nodes ({loss}; cosine sign determined at 95%): {parts}. The others are within their Monte Carlo "
+            f"noise: their colour and value are not evidence on their own."]

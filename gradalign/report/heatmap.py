@@ -1,7 +1,8 @@
 """The coloured token view of the page: a few rollouts as text, one line per config.
 
 Owns: choosing which rollouts to show (`pick_rollouts`), colouring branched tokens by alignment
-(RdBu: red = against success, blue = toward success), marking rock-token types (bold) and TIP Q3
+(RdBu: red = against success, blue = toward success; a node whose cosine sign is not resolved at
+95% is shown neutral with a dotted outline instead), marking rock-token types (bold) and TIP Q3
 tokens (underlined), the hover details (`title` attributes only, no JavaScript) and the legend.
 Returns an HTML fragment.
 
@@ -123,10 +124,14 @@ def _token_span(t, qid, rid: int, c: str, marks: _Marks) -> str:
     row = marks.branched.get((qid, rid, int(t.position), c))
     style = ""
     if row is not None:
-        bg, fg = _cos_color(getattr(row, metric))
-        style = f' style="background:{bg};color:{fg}"'
+        resolved = bool(getattr(row, "resolved", True))
+        bg, fg = _cos_color(getattr(row, metric)) if resolved else ("#f2f2f2", "#000000")
+        style = f' style="background:{bg};color:{fg}"' if resolved else f' style="background:{bg};color:{fg};outline:1px dotted #888"'
         cls.append("br")
-        tip = (f"{metric}={fmt_num(getattr(row, metric))} ({marks.loss}) · V={fmt_num(row.value, '.3f')} · "
+        unc = ""
+        if hasattr(row, "cos_low"):
+            unc = f" [{fmt_num(row.cos_low)}, {fmt_num(row.cos_high)}]" + ("" if resolved else " unresolved")
+        tip = (f"{metric}={fmt_num(getattr(row, metric))}{unc} ({marks.loss}) · V={fmt_num(row.value, '.3f')} · "
                f"S(y)={fmt_num(row.s_sampled, '.3f')} · ΔV={fmt_num(row.delta_v)} · teacher advantage={fmt_num(row.teacher_advantage)} · " + tip)
     return f'<span class="{" ".join(cls)}"{style} title="{html.escape(tip)}">{_tok_text(t.token_text)}</span>'
 
@@ -135,5 +140,6 @@ def _legend(metric: str) -> str:
     """The colour bar and the key to bold, underlined and grey tokens."""
     stops = ", ".join(f"{_cos_color(v)[0]} {int((v + 1) * 50)}%" for v in (-1, -0.5, 0, 0.5, 1))
     return (f'<div class="legend"><span>{metric} −1 (against success)</span><span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
-            f'<span>+1 (toward success)</span> · grey text: not branched · <span class="t rock">bold</span>: rock-token type · '
+            f'<span>+1 (toward success)</span> · <span class="t" style="outline:1px dotted #888">dotted</span>: branched, sign '
+            f'not resolved at 95% (noise) · grey text: not branched · <span class="t rock">bold</span>: rock-token type · '
             f'<span class="t q3">underlined</span>: TIP Q3 (low H / high D) · hover a token for cos, V, S(y), ΔV, teacher advantage</div>')

@@ -17,7 +17,7 @@ from pathlib import Path
 class ReportOptions:
     """Choices behind a report (all have CLI flags)."""
 
-    metric: str = "cos"              # alignment column: cos | cos_candidates | cos_debiased
+    metric: str = "cos"              # alignment column: cos | cos_candidates
     loss: str | None = None          # loss of the one-loss views (winners, position, heatmaps, scatter, quadrants); None: reverse_kl if present
     n_boot: int = 2000               # bootstrap replicates (questions resampled)
     ci: float = 0.95

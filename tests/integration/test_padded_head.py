@@ -121,7 +121,7 @@ def _assert_same_results(t, base) -> None:
     # finite wherever defined (NaN only from a zero ideal gradient, which is not a fault), never non-finite logits
     assert np.isfinite(a.cos).any() and (np.isfinite(a.cos) | a.reason.str.contains("zero_ideal")).all()
     assert not a.reason.str.contains("nonfinite").any()
-    for col in ("cos", "cos_candidates", "cos_debiased", "teacher_advantage", "value"):
+    for col in ("cos", "cos_candidates", "cos_low", "cos_high", "norm2_ideal_split", "teacher_advantage", "value"):
         np.testing.assert_allclose(a[col], b[col], rtol=0, atol=1e-9, equal_nan=True, err_msg=col)
     ta, tb = _sorted(t.tokens), _sorted(base.tokens)
     for col in ("student_logprob", "teacher_logprob", "kl_pq", "kl_qp", "dist_cos"):

@@ -22,7 +22,7 @@ def _align_rows(spec):
     rows = []
     for q, r, pos, ok, cfg, loss, cos, value in spec:
         rows.append({"question_id": q, "rollout_id": r, "position": pos, "token_id": 1, "token_text": "a", "correct": ok,
-                     "config": cfg, "loss": loss, "cos": cos, "cos_candidates": cos, "cos_debiased": cos,
+                     "config": cfg, "loss": loss, "cos": cos, "cos_candidates": cos,
                      "norm_ideal": 1.0, "norm_distill": 1.0, "teacher_advantage": 0.0, "value": value, "reason": ""})
     return _frame("alignment", rows)
 
@@ -258,3 +258,24 @@ def test_combine_runs_offsets_rollouts_and_relabels_shared_configs():
     assert sorted(set(c.alignment.config)) == ["other", "r1/self", "r2/self", "strong"]
     assert sorted(c.rollouts.rollout_id) == [0, 1, 2, 3] and set(c.rollouts.run) == {"r1", "r2"}
     assert c.manifest["run_names"] == ["r1", "r2"]
+
+
+def test_split_half_alignment_and_resolved_counts():
+    import numpy as np
+
+    from gradalign.analysis import resolved_counts, split_half_alignment
+
+    a = _align_rows([("q0", 0, 0, True, "A", "reverse_kl", 0.5, 0.5), ("q0", 0, 1, True, "A", "reverse_kl", 0.2, 0.5),
+                     ("q1", 1, 0, False, "A", "reverse_kl", -0.4, 0.5), ("q1", 1, 1, False, "B", "reverse_kl", 0.1, 0.5)])
+    a["norm_ideal"] = [2.0, 1.0, 1.0, 1.0]
+    a["norm2_ideal_split"] = [1.0, 4.0, -0.5, 0.25]  # row 3: not resolved above the noise
+    a["resolved"] = [True, False, True, False]
+    a["cos_se"] = [0.1, 0.2, 0.3, 0.4]
+    r = split_half_alignment(a, n_boot=50).set_index("config")
+    # A: ratios 0.5*2/1 = 1.0 and 0.2*1/2 = 0.1 (the third row has no ratio); B: 0.1*1/0.5 = 0.2
+    assert r.loc["A", "mean"] == pytest.approx(0.55) and r.loc["A", "n"] == 2 and r.loc["A", "n_below_noise"] == 1
+    assert r.loc["B", "mean"] == pytest.approx(0.2) and r.loc["B", "n_below_noise"] == 0
+    rc = resolved_counts(a).set_index("config")
+    assert rc.loc["A", "rows"] == 3 and rc.loc["A", "resolved"] == 2 and rc.loc["B", "resolved"] == 0
+    assert rc.loc["A", "share"] == pytest.approx(2 / 3) and rc.loc["A", "mean_se"] == pytest.approx(0.2)
+    assert np.isfinite(r["ci_low"]).all()

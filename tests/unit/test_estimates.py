@@ -81,3 +81,35 @@ def test_adaptive_needed():
     zero = E.SuccessEstimate.from_outcomes([False] * 8)  # width z^2/(n+z^2): <= 0.1 needs n >= 34.6
     assert E.adaptive_needed(zero, target_width=0.1, cap=1000) == 35 - 8
     assert E.adaptive_needed(E.SuccessEstimate.from_outcomes([]), target_width=0.5, cap=100) > 0
+
+
+def test_success_replicates_shape_centre_spread_and_seed():
+    outs = [[1, 0, 1, 1, 0, 1, 0, 1], [1, 1, 0, 0, 0, 0, 1, 0], [0] * 8]
+    r = E.success_replicates(outs, B=4000, seed=3)
+    assert r.shape == (4000, 3) and r.dtype == torch.float64
+    assert torch.equal(r, E.success_replicates(outs, B=4000, seed=3))  # seeded
+    assert not torch.equal(r, E.success_replicates(outs, B=4000, seed=4))
+    assert bool(((r >= 0) & (r <= 1)).all())
+    smoothed = torch.tensor([5.5 / 9, 3.5 / 9, 0.5 / 9], dtype=torch.float64)
+    assert torch.allclose(r.mean(0), smoothed, atol=0.01)  # centred on (successes + 0.5) / (n + 1)
+    for k in range(3):  # Bayesian bootstrap: Var = population variance of the n + 1 values / (n + 2)
+        x = torch.tensor(outs[k] + [0.5], dtype=torch.float64)
+        assert r[:, k].std().item() == pytest.approx(math.sqrt(float(x.var(unbiased=False)) / 10), rel=0.08)
+    assert r[:, 2].std().item() > 0.03  # an all-failure slot is not noise-free
+    assert torch.isnan(E.success_replicates([[1, 0], []], B=5, seed=0)[:, 1]).all()
+    with pytest.raises(ValueError):
+        E.success_replicates(outs, B=0, seed=0)
+
+
+def test_success_replicates_paired_keeps_the_correlation():
+    """Under common random numbers slot k's continuation m shares its noise with slot j's m; the
+    paired bootstrap gives continuation m the same weight in both, so tied outcomes stay nearly
+    tied (only the per-slot pseudo-outcome differs: an unseen difference is not ruled out)."""
+    a = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
+    paired = E.success_replicates([a, a], B=500, seed=1, paired=True)
+    assert torch.corrcoef(paired.T)[0, 1].item() > 0.9
+    assert 0 < (paired[:, 0] - paired[:, 1]).abs().max().item() < 0.15
+    zeros = E.success_replicates([[0] * 8, [0] * 8], B=500, seed=1, paired=True)
+    assert (zeros[:, 0] - zeros[:, 1]).std().item() > 0.02
+    indep = E.success_replicates([a, a], B=500, seed=1, paired=False)
+    assert abs(torch.corrcoef(indep.T)[0, 1].item()) < 0.2

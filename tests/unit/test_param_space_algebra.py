@@ -3,8 +3,6 @@ the vectors themselves for any replicate of S, the bootstrap replicates, and the
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -53,25 +51,15 @@ def test_zero_ideal_gives_nan():
     assert torch.isnan(res.cos).all() and res.norm_ideal == pytest.approx(0, abs=1e-12)
 
 
-def test_binomial_replicates():
-    reps = PS.binomial_replicates([3, 0, 5], [10, 0, 5], [0.3, 0.0, 1.0], B=4000, seed=1)
-    assert reps.shape == (4000, 3)
-    assert float(reps[:, 0].mean()) == pytest.approx(0.3, abs=0.01)
-    assert float(reps[:, 0].std()) == pytest.approx(math.sqrt(0.3 * 0.7 / 10), rel=0.05)
-    assert (reps[:, 1] == 0).all() and (reps[:, 2] == 1).all()  # n = 0 keeps its rate; rate 1 has no spread
-    torch.testing.assert_close(reps, PS.binomial_replicates([3, 0, 5], [10, 0, 5], [0.3, 0.0, 1.0], B=4000, seed=1))
-
-
 def test_alignment_section():
     d = default_config_dict()
-    assert d["alignment"] == {"space": ["logit"], "scope": "all", "method": "exact", "k": 64, "memory_mb": 256,
-                              "replicates": 200}
+    assert d["alignment"] == {"space": ["logit"], "scope": "all", "method": "exact", "k": 64, "memory_mb": 256}
     cfg = config_from_dict({**d, "alignment": {"space": ["logit", "params"], "scope": "last_blocks:2", "method": "sketch",
                                                "k": 32}})
     assert cfg.alignment.space == ("logit", "params") and cfg.alignment.k == 32
     for bad, field in ((["params"], "space"), ("logit", "space"), (["logit", "logit"], "space")):
         with pytest.raises(ConfigError, match=f"alignment.{field}"):
             config_from_dict({**d, "alignment": {"space": bad}})
-    for key, value in (("method", "full"), ("k", 0), ("scope", "last_blocks:x"), ("replicates", -1)):
+    for key, value in (("method", "full"), ("k", 0), ("scope", "last_blocks:x")):
         with pytest.raises(ConfigError, match=f"alignment.{key}"):
             config_from_dict({**d, "alignment": {key: value}})

@@ -113,3 +113,13 @@ def test_allowance_is_the_rollout_limit_minus_the_head(head, allow):
     res = _resources(_Sampler(truncate=False))
     continue_and_grade(res, [Continuation({"id": "q0"}, (1,), head, seed=0)])
     assert res.sampler.calls[0][2] == [allow]
+
+
+def test_allocate_splits_the_node_budget_by_weight():
+    from gradalign.pipeline.branching import allocate
+
+    extra = allocate(40, [0.3, 0.1, 0.0, 0.05, 0.2], [2, 2, 2, 2, 2])
+    assert sum(extra) == 30 and extra[2] == 0 and extra[0] > extra[4] > extra[1] > extra[3]
+    assert allocate(10, [0.0, 0.0], [2, 2]) == [3, 3]  # no weight: an equal split
+    assert allocate(4, [1.0, 1.0], [2, 2]) == [0, 0]  # nothing left
+    assert allocate(9, [1.0, 0.0], [6, 1]) == [2, 0]  # never takes away, gives the rest where short
