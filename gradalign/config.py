@@ -1221,7 +1221,7 @@ def _parse_alignment(s: _Section) -> AlignmentConfig:
         if not n.isdigit() or int(n) < 1:
             raise s.error("scope", f"last_blocks:N needs an integer N >= 1, got {scope!r}")
     return AlignmentConfig(space=tuple(raw), scope=scope, method=s.choice("method", PARAM_METHODS), k=s.int("k", lo=1),
-                           memory_mb=s.int("memory_mb", lo=1), replicates=s.int("replicates", lo=0))
+                           memory_mb=s.int("memory_mb", lo=1))
 
 
 def _parse_teachers(source: str, raw: object) -> tuple[TeacherConfig, ...]:
