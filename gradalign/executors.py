@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from gradalign.config import RunConfig
 from gradalign.errors import GradalignError
+from gradalign.pipeline import load_resources
 
 if TYPE_CHECKING:  # engine imports this module; the records are only annotations here
     from gradalign.engine import ShardResult
@@ -96,8 +97,6 @@ class LocalExecutor(Executor):
         self.cfg, self.res, self.progress = cfg, None, progress
 
     def open(self):
-        from gradalign.pipeline import load_resources
-
         self.res = load_resources(self.cfg)  # every input check happens here, before anything is written
         return self.res.task
 
@@ -150,8 +149,6 @@ class ShardWorker:
     """A Ray actor's body: loads `Resources` once, then processes whole shards."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from gradalign.pipeline import load_resources
-
         logging.basicConfig(level=logging.WARNING)
         self.res = load_resources(cfg)
         self.id = worker_id()
