@@ -145,6 +145,11 @@ def gpus_per_worker(cfg: RunConfig) -> float:
     return float(max(1, tp))
 
 
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 class ShardWorker:
     """A Ray actor's body: loads `Resources` once, then processes whole shards."""
 
@@ -189,7 +194,6 @@ class RayExecutor(Executor):
         self.ray = import_ray()
         self.started_ray = False
         self.actors: list = []
-        self.stats: dict = {}
 
     def open(self):
         from gradalign.preflight import preflight
@@ -273,11 +277,11 @@ class RayExecutor(Executor):
                     done = self._get(ref)
                 except ray.exceptions.RayActorError as e:  # restarts used up: the actor is gone for good
                     self.actors.remove(a)
-                    log.warning("shard %d: worker died for good (%s); giving the shard to another worker", k + 1,
-                                str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    why = _last_line(e)  # e.g. the error its __init__ raised while loading the models
+                    log.warning("shard %d: worker died for good (%s); giving the shard to another worker", k + 1, why)
                     if not self.actors:
-                        raise ExecutorError(f"executor ray: every worker died (last during shard {k + 1}); finished shards "
-                                            "are kept: rerun with --resume") from None
+                        raise ExecutorError(f"executor ray: every worker died (last during shard {k + 1}: {why}); "
+                                            "finished shards are kept: rerun with --resume") from None
                     queue.appendleft((k, rows))
                     continue
                 idle.append(a)
