@@ -99,6 +99,42 @@ def planner(name: str, cfg, run, probe_q: int) -> dict:
             "probe_stage_s": probe.seconds, "probe_wall_s": probe_wall, "probe_load_s": probe.load_seconds}
 
 
+def cpu_overhead(repeats: int = 2) -> dict:
+    """CPU seconds (user + sys, every process: the driver, Ray's daemons and actors, reaped at
+    shutdown) of local (1 and 2 torch threads) vs Ray with two 1-CPU actors, on the small demo of
+    tests/integration/test_ray_executor.py; independent of how busy the shared cores are."""
+    import resource
+    import tempfile
+
+    import ray
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+    from test_ray_executor import small_demo
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    out: dict = {"local_1thread": [], "local_2threads": [], "ray_2workers": []}
+    walls: dict = {k: [] for k in out}
+    for _ in range(repeats):
+        for name in out:
+            with tempfile.TemporaryDirectory() as tmp:
+                c0, t0 = cpu(), time.perf_counter()
+                if name.startswith("local"):
+                    torch.set_num_threads(1 if name == "local_1thread" else 2)
+                    timed_run(small_demo(), Path(tmp) / "r", shard_size=1, executor="local")
+                else:
+                    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                    timed_run(small_demo(), Path(tmp) / "r", shard_size=1, executor="ray")
+                    ray.shutdown()
+                out[name].append(cpu() - c0)
+                walls[name].append(time.perf_counter() - t0)
+            print(name, out[name][-1], walls[name][-1], flush=True)
+    return {"cpu_s": out, "wall_s": walls}
+
+
 def markdown(r: dict) -> str:
     """The RESULTS.md section from the JSON results."""
     e = r["executors"]
@@ -138,6 +174,21 @@ def markdown(r: dict) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--cpu"]:
+        r = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], **cpu_overhead()}
+        r["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        (ROOT / "bench" / "scaleout_cpu.json").write_text(json.dumps(r, indent=1, default=str))
+        print(json.dumps(r, indent=1))
+        return
+    if sys.argv[1:] == ["--smollm2"]:  # the real-model planner rows alone (bench/scaleout_smollm2.json)
+        with tempfile.TemporaryDirectory() as tmp:
+            sm = smollm2_cfg(Path(tmp))
+            srun, _ = timed_run(sm, Path(tmp) / "smollm2", shard_size=1)
+            r = planner("SmolLM2-135M (tests/integration/test_real_model.py)", sm, srun, 1)
+        (ROOT / "bench" / "scaleout_smollm2.json").write_text(json.dumps(r, indent=1, default=str))
+        print(json.dumps(r, indent=1))
+        return
     if sys.argv[1:] == ["--render"]:
         print(markdown(json.loads((ROOT / "bench" / "scaleout.json").read_text())))
         return

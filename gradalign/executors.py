@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from gradalign.config import RunConfig
 from gradalign.errors import GradalignError
+from gradalign.pipeline import load_resources
 
 if TYPE_CHECKING:  # engine imports this module; the records are only annotations here
     from gradalign.engine import ShardResult
@@ -103,8 +104,6 @@ class LocalExecutor(Executor):
         self.cfg, self.res = cfg, None
 
     def open(self):
-        from gradalign.pipeline import load_resources
-
         self.res = load_resources(self.cfg)  # every input check happens here, before anything is written
         return self.res.task
 
@@ -160,12 +159,15 @@ def gpus_per_worker(cfg: RunConfig) -> float:
     return float(max(1, tp))
 
 
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 class ShardWorker:
     """A Ray actor's body: loads `Resources` once, then processes whole shards."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from gradalign.pipeline import load_resources
-
         logging.basicConfig(level=logging.WARNING)
         self.res = load_resources(cfg)
         self.id = worker_id()
@@ -209,7 +211,6 @@ class RayExecutor(Executor):
         self.ray = import_ray()
         self.started_ray = False
         self.actors: list = []
-        self.stats: dict = {}
 
     def open(self):
         from gradalign.preflight import preflight
@@ -305,11 +306,11 @@ class RayExecutor(Executor):
                     done = self._get(ref)
                 except ray.exceptions.RayActorError as e:  # restarts used up: the actor is gone for good
                     self.actors.remove(a)
-                    log.warning("shard %d: worker died for good (%s); giving the shard to another worker", k + 1,
-                                str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    why = _last_line(e)  # e.g. the error its __init__ raised while loading the models
+                    log.warning("shard %d: worker died for good (%s); giving the shard to another worker", k + 1, why)
                     if not self.actors:
-                        raise ExecutorError(f"executor ray: every worker died (last during shard {k + 1}); finished shards "
-                                            "are kept: rerun with --resume") from None
+                        raise ExecutorError(f"executor ray: every worker died (last during shard {k + 1}: {why}); "
+                                            "finished shards are kept: rerun with --resume") from None
                     queue.appendleft((k, rows))
                     continue
                 idle.append(a)

@@ -15,7 +15,7 @@ import gradalign
 from gradalign.tasks import data_dir
 
 DEMO = str(data_dir() / "configs" / "demo.toml")
-TOKEN_FACTOR = 2.0  # the probe's token estimate is within this factor of the run's (2 of 6 questions extrapolated)
+TOKEN_FACTOR = 2.0  # the probe's token estimate is within this factor of the run's (2 of 4 questions extrapolated)
 
 
 def test_plan_without_weights_prints_every_stage():
@@ -52,27 +52,30 @@ def test_ray_executor_without_ray_is_one_line(tmp_path):
     assert not out.exists()
 
 
-def test_probe_then_diagnose(hf_demo_run, tmp_path):
-    r = cli("plan", DEMO, "--probe", "--probe-questions", "2", "--workers", "1", "--workers", "4", "--json", timeout=900)
+def test_probe_then_diagnose(tmp_path):
+    """`plan --probe` of 2 of the demo's first 4 questions, then `diagnose` of those 4 in shards of 2."""
+    four = ("--set", "task.limit=4")
+    r = cli("plan", DEMO, *four, "--probe", "--probe-questions", "2", "--workers", "1", "--workers", "4", "--json",
+            timeout=900)
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert plan["probe_questions"] == 2 and plan["length_source"] == "probe of 2 questions"
+    assert plan["probe_questions"] == 2 and plan["length_source"] == "probe of 2 questions" and plan["questions"] == 4
     assert plan["seconds"] > 0 and plan["wall_seconds"]["4"] < plan["wall_seconds"]["1"]
-    # Exact: the probed questions are computed as diagnose computes them (same seeds).
-    out = tmp_path / "first-two"
-    d = cli("diagnose", DEMO, "--out", str(out), "--set", "task.limit=2", "--shard-size", "2", timeout=900)
+    out = tmp_path / "run"
+    d = cli("diagnose", DEMO, *four, "--out", str(out), "--shard-size", "2", timeout=900)
     assert d.returncode == 0, d.stderr
-    m = gradalign.load(out).manifest
-    assert plan["probe_continuations"] == m.continuations
-    scale = 6 / 2
+    run = gradalign.load(out)
+    first = json.loads((out / "shards" / "00000" / "shard.json").read_text())  # the probed questions' shard
+    # Exact: the probed questions are computed as diagnose computes them (same seeds).
+    scale = 4 / 2
     stages = {s["stage"]: s for s in plan["stages"]}
-    assert round(stages["branches"]["sequences"] / scale) == m.continuations
-    assert round(stages["rollouts"]["tokens"] / scale) == m.shards["generated_tokens"]["rollouts"]
-    assert round(stages["branches"]["tokens"] / scale) == m.shards["generated_tokens"]["branch"]
-    priced = sum(s["spent_continuations"] for s in m.selection)
-    assert round(plan["priced_continuations"] / scale) == priced  # the selectors' own accounting
-    # Estimated: the whole demo's generated tokens, extrapolated from the first two questions.
-    measured = sum(gradalign.load(hf_demo_run).manifest.shards["generated_tokens"].values())
+    assert plan["probe_continuations"] == first["continuations"]
+    assert round(stages["branches"]["sequences"] / scale) == first["continuations"]
+    assert round(stages["rollouts"]["tokens"] / scale) == first["generated_tokens"]["rollouts"]
+    assert round(stages["branches"]["tokens"] / scale) == first["generated_tokens"]["branch"]
+    assert round(plan["priced_continuations"] / scale) == sum(s["spent_continuations"] for s in first["selection"])
+    # Estimated: the 4 questions' generated tokens, extrapolated from the first two.
+    measured = sum(run.manifest.shards["generated_tokens"].values())
     assert 1 / TOKEN_FACTOR <= plan["tokens"] / measured <= TOKEN_FACTOR, (plan["tokens"], measured)
 
 

@@ -119,12 +119,12 @@ UNWRITABLE = [
 
 @pytest.mark.parametrize("make,needle", [c[1:] for c in UNWRITABLE], ids=[c[0] for c in UNWRITABLE])
 def test_unwritable_out_is_refused_before_models_load(tmp_path, monkeypatch, make, needle):
-    import gradalign.engine
+    import gradalign.executors
 
     def no_load(cfg):
         raise AssertionError("models loaded before the output folder was checked")
 
-    monkeypatch.setattr(gradalign.engine, "load_resources", no_load)
+    monkeypatch.setattr(gradalign.executors, "load_resources", no_load)  # the local executor loads them
     out = make(tmp_path)
     before = _files(tmp_path)
     _one_line_error(_diagnose(out), str(out), needle)
