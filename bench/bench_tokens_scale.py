@@ -84,7 +84,7 @@ def _child(what: str, run: str, out: str) -> dict:
 def measure(run: Path, out: Path) -> list[dict]:
     res = []
     for what in ("load:old", "load:new", "report_data:old", "report_data:new"):
-        p = subprocess.run([sys.executable, __file__, "--child", what, "--dir", str(run)], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, "--child", what, "--dir", str(run.parent)], capture_output=True, text=True)
         if p.returncode != 0:
             res.append({"what": what, "seconds": float("nan"), "peak_rss": 0, "error": p.stderr.strip()[-300:]})
             continue

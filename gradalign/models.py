@@ -130,7 +130,7 @@ def pick_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """A concrete dtype name: `auto` is bfloat16 on a CUDA device (or a device_map), float32 on CPU."""
+    """A concrete dtype name: `auto` is bfloat16 on a CUDA device, float32 on CPU."""
     if dtype == "auto":
         return "bfloat16" if pick_device(device).startswith("cuda") else "float32"
     _torch_dtype(dtype)
@@ -252,7 +252,7 @@ def load(ref: ModelRef, *, dtype: str = "float32", device: str = "cpu", tokenize
 
     if device_map and device_map not in DEVICE_MAPS:
         raise ModelError(f"device_map {device_map!r}: expected one of {', '.join(DEVICE_MAPS)}")
-    dtype = resolve_dtype(dtype, "cuda" if device_map else device)
+    dtype = resolve_dtype(dtype, "auto" if device_map else device)  # a device_map places on CUDA when there is one
     kw: dict = {"dtype": _torch_dtype(dtype)}
     if device_map:
         kw["device_map"] = device_map

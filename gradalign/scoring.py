@@ -11,16 +11,16 @@ divergence formulas (`gradients`) or which positions are nodes (`selectors`).
 Memory (the reason for the split into rows and chunks): a forward keeps only the last (T+1)
 positions' final hidden rows, [T, H] per sequence (H = hidden size, ~1-4k, where V is 49k-152k), on
 the model's device. The LM head is applied to `chunk` positions at a time (`chunk_rows`: sized so
-the ~12 float32 [chunk, V] temporaries of a pair stay under `max_logit_bytes`), each chunk reduced
+a pair's float32 [chunk, V] temporaries, `LOGIT_TEMPORARIES` blocks, stay under `max_logit_bytes`), each chunk reduced
 to [chunk] statistics at once; so the logits memory is bounded by the budget whatever T is, no
 [T, V] tensor exists on the device or on the host, and the host receives [T] vectors and the
 [n_nodes, V] node rows only. A sequence longer than `max_batch_tokens` is prefilled in slices of
 that many positions through the model's KV cache (`forward_rows`), so its activations are bounded by
-the budget too; its KV cache (2 x layers x kv_heads x head_dim x T) is the one part that grows with T
+that slice too; its KV cache (2 x layers x kv_heads x head_dim x T) is the one part that grows with T
 (`gradalign.memory` prices it).
 
 Precision: per-token statistics are float32 (tested against the float64 reference on tiny models:
-tests/unit/test_scoring_chunks.py states the tolerances); node rows are float64 log_softmax of the
+tests/integration/test_scoring_chunks.py states the tolerances); node rows are float64 log_softmax of the
 float32 logits, as the gradient math downstream expects.
 
 Shapes: for a sequence with prefix length P and completion length T, the logits at index P-1+t
