@@ -16,8 +16,8 @@ the modules below are the implementation, one concept each:
 - `rocks`: `token_loss`, `opd_norm_estimate`, `opd_norm_check`, `rock_tokens`, `rock_summary`.
 - `weights`: `WeightRule`, `RULE_KINDS`, `RULE_HELP`, `parse_rule`, `token_weights`.
 - `combine`: `combine_runs` (several runs' tables as one).
-- `separation`: `Separation`, `paired_difference`, `tie_partner`, `disagreement_nodes` (whether two
-  configs differ, judged on the same questions, and where).
+- `separation`: `Separation`, `paired_difference`, `tie_partner`, `disagreement_nodes`,
+  `teacher_disagreements` (whether two configs differ, judged on the same questions, and where).
 - `caveats`: `Caveat`, `CAVEAT_KINDS`, `run_caveats` (the warnings the CLI summary and the report show).
 - `spaces`: `has_param_space`, `space_comparison`, `ranking_changes` (logit vs parameter space).
 - `splithalf`: `split_half_alignment` (the split-half noise-corrected mean cosine per group).
@@ -62,7 +62,13 @@ from gradalign.analysis.schema import (
 )
 from gradalign.analysis.schema import _check_loss as _check_loss  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.schema import _check_metric as _check_metric  # private, re-exported: gradalign.report uses it
-from gradalign.analysis.separation import Separation, disagreement_nodes, paired_difference, tie_partner
+from gradalign.analysis.separation import (
+    Separation,
+    disagreement_nodes,
+    paired_difference,
+    teacher_disagreements,
+    tie_partner,
+)
 from gradalign.analysis.spaces import has_param_space, ranking_changes, space_comparison
 from gradalign.analysis.splithalf import split_half_alignment
 from gradalign.analysis.stats import Interval, bootstrap_ci, cluster_bootstrap, spearman
@@ -71,7 +77,8 @@ from gradalign.analysis.weights import RULE_HELP, RULE_KINDS, WeightRule, parse_
 from gradalign.analysis.winners import question_winners, single_winner, winner_shares
 
 __all__ = [
-    "CAVEAT_KINDS", "Caveat", "run_caveats", "Separation", "disagreement_nodes", "paired_difference", "tie_partner",
+    "CAVEAT_KINDS", "Caveat", "run_caveats", "Separation", "disagreement_nodes", "paired_difference", "teacher_disagreements",
+    "tie_partner",
     "DIVERGENCES", "LOSS_PREFERENCE", "METRICS", "NODE_KEY", "QUADRANTS", "QUADRANT_NAMES", "RULE_HELP", "RULE_KINDS",
     "TOKEN_KEY", "AnalysisError", "Interval", "WeightRule", "alignment_at_decisive", "alignment_by_position",
     "bootstrap_ci", "cluster_bootstrap", "combine_runs", "decisive_nodes", "default_loss", "divergence_correlations",

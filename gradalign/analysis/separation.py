@@ -6,7 +6,8 @@ paired test a ranking needs, since two marginal intervals can overlap while ever
 one side, and can separate while the questions disagree), the `Separation` record, `tie_partner`
 (the config whose difference with the best one is smallest while not separated) and
 `disagreement_nodes` (the nodes where two configs' alignments differ most, with the token in its
-context and each teacher's probability of it).
+context and each teacher's probability of it) and `teacher_disagreements` (over every token, branched
+or not, where the two teachers' probabilities of the student's token differ most).
 
 Does not own: the bootstrap of one group (`stats.cluster_bootstrap`), rankings (`ranking`) or any
 wording (`gradalign.report.headlines`).
@@ -87,6 +88,39 @@ def tie_partner(alignment, ranking, loss: str, *, metric: str = "cos", n_boot: i
             for c in r.config.iloc[1:]]
     ties = [s for s in seps if s.n_questions and not s.separated]
     return min(ties, key=lambda s: abs(s.diff)) if ties else None
+
+
+def _contexts(tokens, config: str, keys, context_chars: int) -> dict:
+    """(question_id, rollout_id, position) -> the completion text before that position (last chars)."""
+    t = tokens[tokens["config"] == config].merge(keys, on=["question_id", "rollout_id"])
+    out = {}
+    for (qid, rid), g in t.sort_values(["question_id", "rollout_id", "position"]).groupby(["question_id", "rollout_id"]):
+        toks, pos = g["token_text"].astype(str).tolist(), g["position"].tolist()
+        out.update({(qid, rid, pp): "".join(toks[:i])[-context_chars:] for i, pp in enumerate(pos)})
+    return out
+
+
+def teacher_disagreements(tokens, a: str, b: str, *, top: int = 10, min_log_ratio: float = 2.0, context_chars: int = 24):
+    """Tokens (every position, branched or not) where configs `a` and `b` give the student's token the
+    most different probability: |log q_a(y_t) - log q_b(y_t)| > `min_log_ratio`, largest first, at
+    most `top`: question_id, rollout_id, position, token_text, context, q_a, q_b, branched."""
+    import numpy as np
+    import pandas as pd
+
+    key = ["question_id", "rollout_id", "position"]
+    _require(tokens, [*key, "config", "token_text", "teacher_logprob", "branched"], "tokens")
+    cols = [*key, "token_text", "context", "q_a", "q_b", "branched"]
+    x = tokens[tokens["config"] == a][[*key, "token_text", "teacher_logprob", "branched"]]
+    y = tokens[tokens["config"] == b][[*key, "teacher_logprob"]]
+    j = x.merge(y, on=key, suffixes=("_a", "_b"))
+    if j.empty:
+        return pd.DataFrame(columns=cols)
+    j["lr"] = (j["teacher_logprob_a"] - j["teacher_logprob_b"]).abs()
+    j = j[j["lr"] > min_log_ratio].sort_values(["lr", *key], ascending=[False, True, True, True], kind="stable").head(top)
+    j["q_a"], j["q_b"] = np.exp(j["teacher_logprob_a"]), np.exp(j["teacher_logprob_b"])
+    ctx = _contexts(tokens, a, j[["question_id", "rollout_id"]].drop_duplicates(), context_chars)
+    j["context"] = [ctx.get((r.question_id, r.rollout_id, r.position), "") for r in j.itertuples()]
+    return j[cols].reset_index(drop=True)
 
 
 def disagreement_nodes(alignment, tokens, a: str, b: str, loss: str, *, metric: str = "cos", min_gap: float = 0.25,

@@ -99,7 +99,8 @@ def separation_data(tables, ranking, loss: str, o: ReportOptions) -> dict:
     """The report's separation numbers: "separation", the paired difference of the top two ranking rows
     (None with one row); "tie", the best config of `loss` against the config it is not separated
     from (`analysis.tie_partner`, None when none ties); "disagreements", the nodes where that pair
-    differs most (`analysis.disagreement_nodes`, empty without a tie)."""
+    differs most (`analysis.disagreement_nodes`, empty without a tie); "teacher_disagreements", the
+    tokens (branched or not) where the pair's teachers disagree most (`analysis.teacher_disagreements`)."""
     a = tables.alignment
     kw = dict(metric=o.metric, n_boot=o.n_boot, ci=o.ci, seed=o.seed)
     top = ranking.head(2)
@@ -108,4 +109,5 @@ def separation_data(tables, ranking, loss: str, o: ReportOptions) -> dict:
     tie = A.tie_partner(a, ranking, loss, **kw)
     dis = (A.disagreement_nodes(a, tables.tokens, tie.a[0], tie.b[0], loss, metric=o.metric) if tie is not None
            else A.disagreement_nodes(a, tables.tokens, "", "", loss, metric=o.metric))
-    return {"separation": sep, "tie": tie, "disagreements": dis}
+    tdis = A.teacher_disagreements(tables.tokens, tie.a[0], tie.b[0]) if tie is not None else None
+    return {"separation": sep, "tie": tie, "disagreements": dis, "teacher_disagreements": tdis}

@@ -55,21 +55,36 @@ def _ranking_lines(data: ReportData, m: str) -> list[str]:
 
 def tie_lines(data: ReportData, m: str) -> list[str]:
     """When the best config of the report's loss ties with another on average (paired interval
-    covers 0), say where they still differ: the nodes with the largest alignment gap, and the first
-    of them as an example (token, the text before it, both alignments and both teachers' q(y))."""
-    s, dis = data.extras.get("tie"), data.extras.get("disagreements")
-    if s is None or dis is None or not len(dis):
+    covers 0), say where they still differ: the branched nodes with the largest alignment gap, and
+    the tokens (branched or not) where the two teachers' probabilities of the student's token differ
+    most, each with its largest example (token and the text before it)."""
+    s = data.extras.get("tie")
+    if s is None:
         return []
+    dis, tdis = data.extras.get("disagreements"), data.extras.get("teacher_disagreements")
     a, b = s.a[0], s.b[0]
-    low_b = int((dis["gap"] > 0).sum())
-    worse, better = (b, a) if low_b >= len(dis) - low_b else (a, b)
-    x = dis.iloc[0]
-    w_first, b_first = (x.metric_b, x.metric_a) if worse == b else (x.metric_a, x.metric_b)
-    return [f"{a} and {b} tie on average ({data.loss}: {a} − {b} = {fmt_ci(s.diff, s.low, s.high)} over {s.n_questions} "
-            f"questions), yet they part at {len(dis)} nodes (|Δ{m}| > 0.25), {max(low_b, len(dis) - low_b)} of them with "
-            f"{worse} lower: the average hides that {worse} is far less aligned exactly there. Largest: token "
-            f"{str(x.token_text)!r} after {str(x.context)!r} ({worse} {fmt_num(w_first)} vs {better} {fmt_num(b_first)}); "
-            f"all such nodes are listed under “Where {a} and {b} differ”."]
+    bits = [f"{a} and {b} tie on average ({data.loss}: {a} − {b} = {fmt_ci(s.diff, s.low, s.high)} over {s.n_questions} "
+            f"questions, paired)"]
+    if dis is not None and len(dis):
+        low_b = int((dis["gap"] > 0).sum())
+        worse, better = (b, a) if low_b >= len(dis) - low_b else (a, b)
+        side = dis[dis["gap"] > 0] if worse == b else dis[dis["gap"] < 0]
+        x = side.iloc[0]
+        w, v = (x.metric_b, x.metric_a) if worse == b else (x.metric_a, x.metric_b)
+        bits.append(f"yet at {len(side)} of the {len(dis)} branched nodes where they part (|Δ{m}| > 0.25) {worse} is the less "
+                    f"aligned, e.g. token {str(x.token_text)!r} after {str(x.context)!r} ({worse} {fmt_num(w)} vs {better} "
+                    f"{fmt_num(v)})")
+    if tdis is not None and len(tdis):
+        y = tdis.iloc[0]
+        lo_cfg, hi_cfg, lo_q, hi_q = (b, a, y.q_b, y.q_a) if y.q_a >= y.q_b else (a, b, y.q_a, y.q_b)
+        nb = int(tdis["branched"].sum())
+        bits.append(f"over every token the two teachers disagree most on the student's token {str(y.token_text)!r} after "
+                    f"{str(y.context)!r} ({lo_cfg} gives it {fmt_num(lo_q, '.3f')}, {hi_cfg} {fmt_num(hi_q, '.3f')}); "
+                    f"{nb} of the {len(tdis)} tokens where they disagree most were branched, so an average over branched "
+                    f"nodes cannot see a teacher that is wrong only there")
+    if len(bits) == 1:
+        return []
+    return ["; ".join(bits) + f". Both lists: “Where {a} and {b} differ”."]
 
 
 def _winner_lines(data: ReportData) -> list[str]:

@@ -27,6 +27,8 @@ from gradalign.report.rows import (
     shares_table,
     spaces_rows,
     spaces_sentence,
+    teacher_disagreement_header,
+    teacher_disagreement_rows,
 )
 
 
@@ -68,9 +70,16 @@ def _takeaways(ctx: ReportContext) -> list[str]:
 def _ranking(ctx: ReportContext) -> list[str]:
     out = _section("## Ranking", "![ranking](ranking.png)", _md_table(RANK_HEADER, ranking_rows(ctx.data.ranking)))
     tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
+    tdis = ctx.data.extras.get("teacher_disagreements")
+    blocks = []
     if tie is not None and dis is not None and len(dis):
-        out += _section(f"### Where {tie.a[0]} and {tie.b[0]} differ ({ctx.data.loss})",
-                        _md_table(disagreement_header(tie, ctx.options.metric), disagreement_rows(dis)))
+        blocks.append("Branched nodes where their alignment differs most:\n\n"
+                      + _md_table(disagreement_header(tie, ctx.options.metric), disagreement_rows(dis)))
+    if tie is not None and tdis is not None and len(tdis):
+        blocks.append("Every token, branched or not: where the two teachers' probabilities of the student's token differ most:\n\n"
+                      + _md_table(teacher_disagreement_header(tie), teacher_disagreement_rows(tdis)))
+    if blocks:
+        out += _section(f"### Where {tie.a[0]} and {tie.b[0]} differ ({ctx.data.loss})", *blocks)
     return out
 
 

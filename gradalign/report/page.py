@@ -39,6 +39,8 @@ from gradalign.report.rows import (
     shares_table,
     spaces_rows,
     spaces_sentence,
+    teacher_disagreement_header,
+    teacher_disagreement_rows,
 )
 
 CSS = """
@@ -145,17 +147,26 @@ def _ranking(ctx: ReportContext) -> list[str]:
 
 
 def _differ(ctx: ReportContext) -> list[str]:
-    """The nodes where the best config and the one it ties with differ most (see `headlines.tie_lines`)."""
-    tie, dis = ctx.data.extras.get("tie"), ctx.data.extras.get("disagreements")
-    if tie is None or dis is None or not len(dis):
+    """Where the best config and the one it ties with differ (see `headlines.tie_lines`): branched nodes
+    with the largest alignment gap, and tokens where the two teachers' q(token) differ most."""
+    tie = ctx.data.extras.get("tie")
+    dis, tdis = ctx.data.extras.get("disagreements"), ctx.data.extras.get("teacher_disagreements")
+    if tie is None or not ((dis is not None and len(dis)) or (tdis is not None and len(tdis))):
         return []
     a, b, m = html.escape(tie.a[0]), html.escape(tie.b[0]), ctx.options.metric
-    return [f"<h3>Where {a} and {b} differ</h3>",
-            f"<p class='note'>{a} − {b} = {fmt_ci(tie.diff, tie.low, tie.high)} on average over {tie.n_questions} questions "
-            f"({html.escape(ctx.data.loss)}; paired interval, questions resampled for both), so neither is ahead; these are "
-            f"the nodes where their {m} differs by more than 0.25 (largest first, at most 20 of {len(dis)}), with the "
-            f"completion text before the token and each teacher's probability of the token the student took.</p>",
-            _html_table(disagreement_header(tie, m), disagreement_rows(dis))]
+    out = [f"<h3>Where {a} and {b} differ</h3>",
+           f"<p class='note'>{a} − {b} = {fmt_ci(tie.diff, tie.low, tie.high)} on average over {tie.n_questions} questions "
+           f"({html.escape(ctx.data.loss)}; paired interval, questions resampled for both), so neither is ahead on average.</p>"]
+    if dis is not None and len(dis):
+        out += [f"<p class='note'>Branched nodes where their {m} differs by more than 0.25 (largest first, at most 20 of "
+                f"{len(dis)}), with the completion text before the token and each teacher's probability of it:</p>",
+                _html_table(disagreement_header(tie, m), disagreement_rows(dis))]
+    if tdis is not None and len(tdis):
+        out += ["<p class='note'>Every token, branched or not: where the two teachers' probabilities of the token the "
+                "student took differ most (|log ratio| > 2, largest first). A teacher wrong only at such tokens looks as "
+                "good as the other on average over branched nodes unless the nodes land there.</p>",
+                _html_table(teacher_disagreement_header(tie), teacher_disagreement_rows(tdis))]
+    return out
 
 
 def _winners(ctx: ReportContext) -> list[str]:

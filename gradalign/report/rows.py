@@ -67,6 +67,17 @@ def disagreement_rows(dis, limit: int = 20) -> list[list[str]]:
             for x in dis.head(limit).itertuples()]
 
 
+def teacher_disagreement_header(tie) -> list[str]:
+    a, b = tie.a[0], tie.b[0]
+    return ["question", "rollout", "position", "text before", "token", f"q_{a}(token)", f"q_{b}(token)", "branched"]
+
+
+def teacher_disagreement_rows(tdis) -> list[list[str]]:
+    """The tokens of `analysis.teacher_disagreements` as text."""
+    return [[str(x.question_id), str(x.rollout_id), str(x.position), repr(str(x.context)), repr(str(x.token_text)),
+             fmt_num(x.q_a, ".3f"), fmt_num(x.q_b, ".3f"), "yes" if x.branched else "no"] for x in tdis.itertuples()]
+
+
 def shares_table(shares, configs) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the questions-won table: per config, share (wins) for every loss."""
     losses = sorted(set(shares["loss"]))

@@ -91,3 +91,17 @@ def test_quadrant_summary_has_intervals_around_its_numbers():
     assert len(q) == 4 and (q.ci_low <= q.mean_alignment).all() and (q.mean_alignment <= q.ci_high).all()
     assert (q.share_low <= q.share_tokens).all() and (q.share_tokens <= q.share_high).all()
     assert math.isclose(q.share_tokens.sum(), 1.0) and q.n_nodes.sum() == n
+
+
+def test_teacher_disagreements_finds_unbranched_tokens_a_teacher_gets_wrong():
+    from gradalign.analysis import teacher_disagreements
+
+    rows = []
+    for cfg in ("strong", "flawed"):
+        for p, ch in enumerate("9+1=10,9+1+1=11"):
+            wrong = cfg == "flawed" and p == 10  # the '+' that starts the carry-in after a column summing to 10
+            rows.append({"question_id": "q0", "rollout_id": 0, "position": p, "config": cfg, "token_text": ch,
+                         "teacher_logprob": math.log(0.001 if wrong else 0.99), "branched": p == 14})
+    d = teacher_disagreements(pd.DataFrame(rows), "strong", "flawed")
+    assert len(d) == 1 and d.position[0] == 10 and d.token_text[0] == "+" and d.context[0] == "9+1=10,9+1"
+    assert math.isclose(d.q_a[0], 0.99) and math.isclose(d.q_b[0], 0.001) and not d.branched[0]
