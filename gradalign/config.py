@@ -365,8 +365,9 @@ class AlignmentConfig:
         Random tangents of the `sketch` method (an integer >= 1); its standard error falls as
         1/sqrt(k), its cost grows as k forward-mode passes per rollout.""")
     memory_mb: int = _doc(256, """
-        Memory budget (MiB) of the per-vector module gradients one batched backward of the `exact`
-        method holds; more nodes per backward when larger (a node is never split).""")
+        Memory budget (MiB): of the per-vector module gradients one batched backward of the `exact`
+        method holds (more nodes per backward when larger; a node is never split), and of the
+        parameter-sized tangents the `sketch` method keeps in flight (at least one, at most 8).""")
     replicates: int = _doc(200, """
         Bootstrap replicates of the success vector S whose spread gives `cos_params_se` (the
         uncertainty of g* propagated to `cos_params`; algebra on the node's Gram matrix, no model
