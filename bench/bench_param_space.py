@@ -102,16 +102,20 @@ def _case(model, T: int, n_nodes: int, k: int, repeats: int) -> dict:
 
 
 def run(quick: bool = False, threads: int = 1) -> dict:
+    import json
+    import sys
+
     repeats = 1 if quick else 3
     results = []
     for name, model in _models(quick):
         big = "SmolLM2" in name
         for T in (256, 512):
             t0 = time.perf_counter()
-            r = _case(model, T, n_nodes=2 if big else 4, k=4 if big else 16, repeats=1 if big else repeats)
+            r = _case(model, T, n_nodes=1 if big else 4, k=4 if big else 16, repeats=1 if big else repeats)
             r["model"] = name
             r["wall_s"] = round(time.perf_counter() - t0, 1)
             results.append(r)
+            print("case " + json.dumps(r), file=sys.stderr, flush=True)  # a long run that dies keeps what it measured
     rows = [[r["model"], r["T"], r["nodes"], r["vectors"], r["median_s"]["fwd"] * 1e3, r["bwd_over_fwd"], r["exact_per_node_fwd"],
              r["exact_per_node_bwd"], r["exact_per_vector_fwd"], r["sketch_per_tangent_fwd"], r["peak_mib"]["fwd"],
              r["peak_mib"]["fwd+bwd"], r["peak_mib"]["exact"], r["peak_mib"]["sketch"]] for r in results]
@@ -119,7 +123,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
           "",
           f"Workload: one rollout of T random tokens, nodes spread over it, R = {R} vectors per node (K+1 = 4 basis vectors + "
           f"4 configs x 4 losses), scope `all`, float32, {threads} torch thread(s); medians of interleaved repeats "
-          "(1 for SmolLM2). Costs are in units of one no-grad forward of the whole rollout (fwd) or one forward+backward "
+          "(1 for SmolLM2, one node there). Costs are in units of one no-grad forward of the whole rollout (fwd) or one forward+backward "
           "(fwd+bwd, a training step's gradient). Peak = resident-memory high-water mark above the level before the call.",
           "",
           C.md_table(["model", "T", "nodes", "vectors", "fwd ms", "fwd+bwd / fwd", "exact per node / fwd",

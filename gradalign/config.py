@@ -469,8 +469,9 @@ class AlignmentConfig:
         Random tangents of the `sketch` method (an integer >= 1); its standard error falls as
         1/sqrt(k), its cost grows as k forward-mode passes per rollout.""")
     memory_mb: int = _doc(256, """
-        Memory budget (MiB) of the per-vector module gradients one batched backward of the `exact`
-        method holds; more nodes per backward when larger (a node is never split).""")
+        Memory budget (MiB): of the per-vector module gradients one batched backward of the `exact`
+        method holds (more nodes per backward when larger; a node is never split), and of the
+        parameter-sized tangents the `sketch` method keeps in flight (at least one, at most 8).""")
 
 
 @dataclass(frozen=True)

@@ -690,7 +690,9 @@ def rollout_param_cosines(model, input_ids: torch.Tensor, nodes: Sequence[ParamN
         grams = exact_grams(model, input_ids, vecs, scope, scale=scale, budget_bytes=memory_mb << 20)
         sk = None
     elif method == "sketch":
-        grams = sketch_grams(model, input_ids, vecs, scope, k=k, seed=seed, scale=scale)
+        elem = next(model.parameters()).element_size()
+        chunk = max(1, min(8, (memory_mb << 20) // max(1, scope.n_params * elem)))  # tangents in flight: each is P-sized
+        grams = sketch_grams(model, input_ids, vecs, scope, k=k, seed=seed, scale=scale, chunk=chunk)
         sk = k
     else:
         raise ValueError(f"method must be 'exact' or 'sketch', got {method!r}")
