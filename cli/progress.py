@@ -20,6 +20,7 @@ from typing import Callable, Iterator, TextIO
 from gradalign.progress import ProgressEvent
 
 DEFAULT_EVERY_S = 10.0
+PREFIX = "progress: "  # every plain progress line starts with it, so logs (and tests) can tell them from messages
 
 
 def _clock(s: float) -> str:
@@ -58,7 +59,7 @@ class PlainProgress:
                or (ev.total and ev.done >= ev.total))
         if due:
             self._last[ev.stage] = (now, step)
-            print(f"progress: {describe(ev)}", file=self.stream, flush=True)
+            print(f"{PREFIX}{describe(ev)}", file=self.stream, flush=True)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,14 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gradalign", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def message_lines(stderr: str) -> list[str]:
+    """The non-empty lines of a CLI's stderr that are messages (errors, warnings), not the plain
+    progress lines a run without a terminal prints (`cli.progress.PREFIX`)."""
+    from gradalign.cli.progress import PREFIX
+
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(PREFIX)]
+
+
 _DEMOS: dict[str, tuple[Path, str]] = {}
 
 

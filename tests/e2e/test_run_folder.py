@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import message_lines
 from gradalign.cli.app import app
 from typer.testing import CliRunner
 
@@ -40,7 +41,7 @@ def _diagnose(out, *extra, limit=3):
 
 def _one_line_error(r, *needles) -> str:
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    lines = message_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -323,7 +324,7 @@ def test_ctrl_c_keeps_finished_shards_and_says_how_to_resume(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = message_lines(stderr)
     kept = len(list(out.glob("shards/*/shard.json")))
     assert lines == [f"interrupted; {kept} of 3 shards kept; rerun with --resume"], stderr
     assert kept >= 1 and not (out / "manifest.json").exists()

@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from conftest import message_lines
 from gradalign.cli.app import app
 from tiny_world import make_tiny_world
 from typer.testing import CliRunner
@@ -89,6 +90,6 @@ def test_diagnose_cli_stops_a_broken_grader_in_one_line(tmp_path_factory):
     (root / "run.toml").write_text(_cfg(root, "python:grader_fixtures:always_raises").to_toml())
     r = CliRunner().invoke(app, ["diagnose", str(root / "run.toml"), "--out", str(root / "run"), "--shard-size", "4"])
     assert r.exit_code == 2, r.output
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    lines = message_lines(r.stderr)
     assert lines == ["error: grader python:grader_fixtures:always_raises failed on 32 of 32 calls (errors 32; last error: "
                      "ZeroDivisionError: division by zero): fix the grader; finished shards are kept (0 of 2)"], r.stderr
