@@ -114,6 +114,9 @@ def _z_scores(t, exact_s):
     return zs, mean, sum((z - mean) ** 2 for z in zs) / (len(zs) - 1)
 
 
+OFF = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False}  # before issue 11
+
+
 @pytest.mark.slow  # about 90 s per option on 2 shared cores: M = 64 against exact enumeration
 @pytest.mark.parametrize("option", [{"common_random_numbers": True}, {"allocation": "pilot"},
                                     {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True}],
@@ -124,15 +127,15 @@ def test_noise_cuts_keep_s_unbiased(tiny_world, tmp_path, option):
     allocation (M split by p_k sd_k after a pilot round), and the three combined. Only the
     continuations change, not the rollouts. (Their effect on the cosine's error is measured in
     bench/bench_precision.py.)"""
-    t = _run(tiny_world, tmp_path, 64, 0, rollouts=24, top_k=0, **option)  # top_k 0: a residual bucket at most nodes
+    t = _run(tiny_world, tmp_path, 64, 0, rollouts=24, top_k=0, **{**OFF, **option})  # top_k 0: a residual bucket at most nodes
     exact_s: dict = {}
     _exact_rows(tiny_world, t, exact_s)
     zs, mean, var = _z_scores(t, exact_s)
     assert len(zs) > 30
     assert abs(mean) < 4 / math.sqrt(len(zs)), mean
     assert 0.5 < var < 1.6, var
-    off = _run(tiny_world, tmp_path, 4, 0, rollouts=24)
-    on = _run(tiny_world, tmp_path, 4, 0, rollouts=24, **option)
+    off = _run(tiny_world, tmp_path, 4, 0, rollouts=24, **OFF)  # the cuts are on by default: switch them off
+    on = _run(tiny_world, tmp_path, 4, 0, rollouts=24, **{**OFF, **option})
     assert on.rollouts.completion.tolist() == off.rollouts.completion.tolist()  # branching noise only
     assert not on.nodes.successes.equals(off.nodes.successes)
     if "allocation" in option:  # the node's budget is kept, split unequally

@@ -58,8 +58,17 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
+    """The local executor's run at the actors' thread count (num_cpus = 1): float32 reductions
+    (the LM head's chunked matmul) depend on how many threads split them."""
+    import torch
+
     out = tmp_path_factory.mktemp("local") / "run"
-    diagnose(small_demo(), out, shard_size=1, executor="local")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        diagnose(small_demo(), out, shard_size=1, executor="local")
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
