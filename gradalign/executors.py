@@ -249,29 +249,23 @@ class RayExecutor(Executor):
             max_task_retries=e.max_retries)
         self.actors = [cls.remote(self.cfg) for _ in range(n)]
 
-    def model_hashes(self) -> dict:
-        """The model hashes the first live actor computed (the same models on every actor; one actor
-        is started for it when every shard was already finished)."""
+    def _ask_any(self, method: str) -> dict:
+        """`method`'s answer from the first live actor (every actor loads the same models; one actor
+        is started for it when every shard was already finished); {} when none answers."""
         if not self.actors:
             self._start(1)
         for a in self.actors:
             try:
-                return self._get(a.hashes.remote())
+                return self._get(getattr(a, method).remote())
             except self.ray.exceptions.RayActorError:
                 continue
         return {}
 
+    def model_hashes(self) -> dict:
+        return self._ask_any("hashes")
+
     def param_scope(self) -> dict:
-        if "params" not in self.cfg.alignment.space:
-            return {}
-        if not self.actors:
-            self._start(1)
-        for a in self.actors:
-            try:
-                return self._get(a.param_scope.remote())
-            except self.ray.exceptions.RayActorError:
-                continue
-        return {}
+        return self._ask_any("param_scope") if "params" in self.cfg.alignment.space else {}
 
     def _get(self, ref):
         """`ray.get`, with an error raised inside an actor re-raised as itself (e.g. a one-line
