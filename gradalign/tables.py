@@ -83,7 +83,9 @@ class NodeRow:
     source: str = _col("string", "sampled | student_topk | teacher_topk | coverage | residual")
     source_config: str = _col("string", "config that proposed a teacher_topk candidate")
     student_prob: float = _col("float64", "p(candidate); residual: mass outside the candidate set")
-    success: float = _col("float64", "S_k: success rate of continuations after the candidate")
+    success: float = _col("float64", "S_k: success rate of continuations after the candidate; for the residual row "
+                                     "the bucket's p-weighted success (with branching.residual_per_token, its drawn tokens at "
+                                     "their own rates and the rest at successes / n), so V = sum of student_prob x success")
     n: int = _col("int32", "graded continuations")
     successes: int = _col("int32", "")
     truncated: int = _col("int32", "continuations cut by max_new_tokens (counted as failures)")

@@ -104,6 +104,10 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                 tok_outs.setdefault(br.residual_tokens[m], []).append(o)
         xids = torch.tensor([c.token_id for c in br.candidates] + list(tok_outs), dtype=torch.long)
         xrates = torch.cat([rates, torch.tensor([sum(o) / len(o) for o in tok_outs.values()], dtype=torch.float64)])
+        if tok_outs and rest is not None and br.residual_mass > 0:  # the residual row's success: what the bucket adds to V
+            drawn = [(float(p[tk]), sum(o) / len(o)) for tk, o in tok_outs.items()]
+            eff = (sum(pt * st for pt, st in drawn) + (br.residual_mass - sum(pt for pt, _ in drawn)) * rest) / br.residual_mass
+            node_rows[-1] = dataclasses.replace(node_rows[-1], success=eff)
         S = full_vocab_success(V, xids, xrates, rest)
         g = G.ideal_gradient(p, S)
         value = float(G.node_value(p, S))
