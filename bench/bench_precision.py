@@ -113,6 +113,7 @@ def _score(t, oracle) -> dict:
     nodes = len(set(zip(a.rollout_id, a.position)))
     return {
         "err": float(np.abs(c[ok] - e[ok]).mean()), "rows": int(ok.sum()), "nodes": nodes,
+        "zero": float(np.abs(e[ok]).mean()),  # the error of always answering 0: the floor an estimator must beat
         "corr": float(np.corrcoef(c[ok], e[ok])[0, 1]),
         "coverage": float(((lo <= e) & (e <= hi))[okc].mean()),
         "resolved": float(res.sum() / ok.sum()),
@@ -123,19 +124,25 @@ def _score(t, oracle) -> dict:
     }
 
 
-TODAY = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False}  # before issue 11
-ALL = {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True}  # the new default
+TODAY = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False,  # before issue 11
+         "uncertainty": "bootstrap"}
+ALL = {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True,  # the new default
+       "uncertainty": "hierarchical"}
 VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M = 8), explicit so defaults can move
     "before (M=8)": TODAY,
     "before (M=32)": {**TODAY, "continuations": 32},
     "+ common random numbers": {**TODAY, "common_random_numbers": True},
     "+ pilot allocation": {**TODAY, "allocation": "pilot"},
     "+ per-token residual": {**TODAY, "residual_per_token": True},
-    "all three (M=4)": {**ALL, "continuations": 4},
-    "all three (M=8)": ALL,
-    "all three (M=16)": {**ALL, "continuations": 16},
+    "+ hierarchical intervals": {**TODAY, "uncertainty": "hierarchical"},
+    "all three cuts, bootstrap intervals (M=8)": {**ALL, "uncertainty": "bootstrap"},
+    "all four (M=2)": {**ALL, "continuations": 2},
+    "all four (M=4)": {**ALL, "continuations": 4},
+    "all four (M=8), the default": ALL,
+    "all four (M=16)": {**ALL, "continuations": 16},
+    "all four + coverage 0.9 (M=8)": {**ALL, "coverage": 0.9},  # promote tokens until the residual holds <= 10%
 }
-QUICK = ("before (M=8)", "all three (M=8)")
+QUICK = ("before (M=8)", "all four (M=8), the default")
 
 
 def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> dict:
@@ -176,10 +183,11 @@ def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> 
         errs = np.array([e for x in xs for e in x["errs"]])
         tok = sum(x["tokens"] for x in xs) / sum(x["nodes"] for x in xs)
         m = {k: statistics.mean(x[k] for x in xs) for k in ("err", "corr", "coverage", "resolved", "wrong", "z_mean", "z_var",
-                                                           "resid_mass")}
+                                                           "resid_mass", "zero")}
         se = float(np.abs(errs).std() / math.sqrt(len(errs)))
         summary[name] = {**m, "tokens_per_node": tok, "ratio": m["err"] / e0}
-        rows.append([name, f"{m['err']:.3f} ± {se:.3f}", f"{m['err'] / e0:.2f}", f"{m['corr']:.2f}", f"{m['coverage']:.2f}",
+        rows.append([name, f"{m['err']:.3f} ± {se:.3f}", f"{m['err'] / e0:.2f}", f"{m['zero']:.3f}", f"{m['corr']:.2f}",
+                     f"{m['coverage']:.2f}",
                      f"{m['resolved']:.2f}", f"{m['wrong']:.2f}", f"{m['z_mean']:+.2f} / {m['z_var']:.2f}", f"{tok:,.0f}",
                      sum(x["nodes"] for x in xs)])
     md = [
@@ -188,11 +196,14 @@ def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> 
         f"World: bench/longworld.py (bigram transformers student + teachers `guide`, `noisy`; horizon {L}; success = a `y`, "
         "or no `x` and an even number of `a`; exact S by dynamic programming). Pipeline: logspace selector, top_k = 2, "
         f"{ROLLOUTS} rollouts, residual bucket on; seeds {seeds}; every alignment row (node x 2 configs x 4 losses) scored. "
-        "`err` ± its standard error over rows; `ratio` = err / err(first row); `coverage` of the 95% [cos_low, cos_high]; "
+        "`err` ± its standard error over rows; `ratio` = err / err(first row); `answer 0` = mean |exact cos| over the same rows, "
+        "the error of an estimator that always answers 0 (a floor: below it, err rewards shrinking to 0, not information; "
+        "`corr` measures information); `coverage` of the 95% [cos_low, cos_high]; "
         "`resolved` share of rows and `wrong` sign among them; `S z` = mean / variance of (S_hat - S)/sd over candidates "
         "(unbiased: ~0 / ~1); `tokens/node` = continuation tokens generated (counted) per branched node.",
         "",
-        C.md_table(["variant", "mean abs(cos - exact)", "ratio", "corr", "coverage", "resolved", "wrong", "S z", "tokens/node",
+        C.md_table(["variant", "mean abs(cos - exact)", "ratio", "answer 0", "corr", "coverage", "resolved", "wrong", "S z",
+                    "tokens/node",
                     "nodes"], rows),
     ]
     headline = "; ".join(f"{k}: err {v['err']:.3f} ({v['ratio']:.2f}x) cov {v['coverage']:.2f}" for k, v in summary.items())

@@ -27,6 +27,7 @@ BENCHES = (
     ("e2e", "bench_e2e.py"),
     ("placement", "bench_placement.py"),
     ("param_space", "bench_param_space.py"),
+    ("precision", "bench_precision.py"),
 )
 
 

@@ -1,7 +1,9 @@
 """Success-rate estimates from graded continuations: rates, Wilson intervals, split halves.
 
 Owns: turning a list of graded continuation outcomes into a `SuccessEstimate` (counts, rate,
-Wilson interval, truncation count), splitting outcomes into two independent halves for the
+Wilson interval, truncation count), the replicates of a node's success vector behind every
+interval (`success_replicates`: a Bayesian bootstrap, or `hierarchical_replicates`: posterior
+draws of a beta-binomial model across the node's slots), splitting outcomes into two independent halves for the
 debiased cosine (`gradalign.gradients.debiased_cosine`), scattering per-candidate rates into the
 full-vocabulary success vector ``S`` (shape ``[V]``), and the deterministic rule for how many more
 continuations to draw. Does NOT own: sampling or grading continuations, choosing candidate tokens,
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from gradalign.config import UNCERTAINTY_RULES  # the rule names (branching.uncertainty)
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,11 @@ def adaptive_needed(est: SuccessEstimate, target_width: float, cap: int, z: floa
     return lo - est.n
 
 
-def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False) -> torch.Tensor:
+
+
+def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False,
+                       rule: str = "bootstrap", pooled_last: bool = False,
+                       indices: Sequence[Sequence[int]] | None = None, kappa_prior=None) -> torch.Tensor:
     """B seeded bootstrap replicates of a node's success vector over its slots: ``[B, K+1]`` float64.
 
     outcomes: one sequence of per-continuation successes per slot, candidates first and the
@@ -233,7 +241,16 @@ def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int,
     difference went unseen) still differ by about the noise of one unseen continuation rather than
     being called exactly equal. A slot with n = 0 is NaN in every replicate.
     Deterministic in ``seed`` (a CPU ``torch.Generator``).
+
+    ``rule="hierarchical"`` draws the replicates from a posterior instead (`hierarchical_replicates`,
+    which also says what ``pooled_last``, ``indices`` and ``kappa_prior`` mean, and pairs by
+    continuation index).
     """
+    if rule == "hierarchical":
+        return hierarchical_replicates(outcomes, B=B, seed=seed, pooled_last=pooled_last, paired=paired, indices=indices,
+                                       kappa_prior=kappa_prior)
+    if rule != "bootstrap":
+        raise ValueError(f"rule must be one of {UNCERTAINTY_RULES}, got {rule!r}")
     if B < 1:
         raise ValueError(f"B must be >= 1, got {B}")
     gen = torch.Generator().manual_seed(int(seed) % (1 << 63))
@@ -258,3 +275,128 @@ def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int,
         e0 = exp((B,))  # the pseudo-outcome's weight is the slot's own, also when paired
         out[:, s] = (e @ x + 0.5 * e0) / (e.sum(dim=1) + e0)
     return out
+
+
+_MU_GRID = [0.005 + 0.01 * i for i in range(100)]  # the node's mean success rate (uniform prior)
+_KAPPA_GRID = [0.5 * (2e4 ** (j / 39)) for j in range(40)]  # its concentration, 0.5 .. 1e4 (log-uniform prior)
+
+
+def _log_rising(x, m: int):
+    """``log Gamma(x + m) - log Gamma(x)`` = ``sum_{j<m} log(x + j)`` elementwise for an integer m >= 0
+    (numpy; exact sums of logs, so small tensors need no lgamma kernel)."""
+    import numpy as np
+
+    if m == 0:
+        return np.zeros_like(x)
+    return np.log(x[..., None] + np.arange(m, dtype=np.float64)).sum(-1)
+
+
+def _observed(outcomes: Sequence[Sequence[bool]], pooled_last: bool):
+    """(n [S], k [S], obs [S] bool): counts per slot and which slots enter the model."""
+    import numpy as np
+
+    n = np.array([len(o) for o in outcomes], dtype=np.int64)
+    k = np.array([sum(bool(x) for x in o) for o in outcomes], dtype=np.int64)
+    obs = n > 0
+    if pooled_last and len(outcomes):
+        obs[-1] = False
+    return n, k, obs
+
+
+def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = False):
+    """The beta-binomial log marginal likelihood of one node's slots on the (mu, kappa) grid:
+    numpy ``[100, 40]``, ``sum_s log B(mu kappa + k_s, (1 - mu) kappa + n_s - k_s) / B(mu kappa,
+    (1 - mu) kappa)`` over the slots that enter the model (see `hierarchical_replicates`)."""
+    import numpy as np
+
+    n, k, obs = _observed(outcomes, pooled_last)
+    mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
+    a, b = mu * kappa, (1 - mu) * kappa
+    ll = np.zeros_like(a)
+    if obs.any():
+        pairs, count = np.unique(np.stack([n[obs], k[obs]], 1), axis=0, return_counts=True)  # slots share (n, k) often
+        for (ni, ki), c in zip(pairs.tolist(), count.tolist()):
+            ll += c * (_log_rising(a, ki) + _log_rising(b, ni - ki) - _log_rising(a + b, ni))
+    return ll
+
+
+def kappa_log_prior(node_logliks: Sequence) -> "np.ndarray":
+    """A run-level prior on kappa (how much tokens' success rates differ at a node), learned from
+    many nodes: ``[40]`` log weights, the log-uniform hyperprior times ``prod_nodes sum_mu
+    L_node(mu, kappa)`` (each node its own mean, one shared spread), normalised; flat without nodes.
+    Nodes that each hold too little to tell how far their tokens differ (2-6 slots of a few
+    continuations) together do."""
+    import numpy as np
+
+    out = np.zeros(len(_KAPPA_GRID))
+    for ll in node_logliks:
+        m = ll.max()
+        out += m + np.log(np.exp(ll - m).sum(0))
+    out -= out.max()
+    return out - np.log(np.exp(out).sum())
+
+
+def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, pooled_last: bool = False,
+                            paired: bool = False, indices: Sequence[Sequence[int]] | None = None,
+                            kappa_prior=None) -> torch.Tensor:
+    """B posterior draws of a node's success vector over its slots: ``[B, K+1]`` float64 (or
+    ``[B, K]`` without a residual slot), the same layout as `success_replicates`.
+
+    Model (a beta-binomial across the node's slots): every next token's success probability is a
+    draw ``S_s ~ Beta(mu kappa, (1 - mu) kappa)`` from one node-level population, and slot s's
+    successes are ``Binomial(n_s, S_s)``. ``mu`` (uniform on (0, 1)) and ``kappa`` (the spread:
+    log-uniform on [0.5, 1e4], or ``kappa_prior``, ``[40]`` log weights from `kappa_log_prior` over a
+    run's nodes) get a grid posterior from the node's beta-binomial marginal likelihood; each
+    replicate draws (mu, kappa) from it and then every slot's rate from its posterior given them,
+    ``Beta(mu kappa + k_s, (1 - mu) kappa + n_s - k_s)``. A slot with many continuations keeps its
+    own rate; a slot with one or two (a rare token drawn once for the residual bucket) is pulled
+    toward the node's population as far as tokens are seen to differ, so its 0/1 outcome no
+    longer reads as a rate of 0 or 1.
+
+    The slot draw is built as a Bayesian bootstrap with a prior (the Dirichlet-process posterior,
+    whose mean on {0, 1} has exactly that Beta law): ``S_s = (sum_m e_m o_sm + g_s b_s) /
+    (sum_m e_m + g_s)`` with ``e_m ~ Exp(1)`` per continuation, ``g_s ~ Gamma(kappa)`` and ``b_s ~
+    Beta(mu kappa, (1 - mu) kappa)`` per slot. With ``paired=True`` (`branching.common_random_numbers`)
+    continuation m's weight e_m is shared by every slot that has a continuation with index m, so
+    slots whose continuations share noise streams keep their correlation; ``indices[s]`` gives
+    slot s's continuation indices (default ``0..n_s - 1``; a token drawn for the residual bucket
+    has the indices of its draws).
+
+    ``pooled_last=True``: the last slot's outcomes are the residual bucket's, already counted in
+    the slots of the tokens they were drawn for (`branching.residual_per_token`), so it does not
+    enter the model, and its column is the rate of a token never drawn: a population draw
+    ``Beta(mu kappa, (1 - mu) kappa)`` per replicate. Otherwise every slot (a pooled residual
+    bucket too) is one observation. A slot with n = 0 is drawn from the population. The grid
+    likelihood treats slots as independent. Deterministic in ``seed`` (a numpy ``Generator``).
+    """
+    import numpy as np
+
+    if B < 1:
+        raise ValueError(f"B must be >= 1, got {B}")
+    rng = np.random.default_rng(int(seed) % (1 << 63))
+    n, k, obs = _observed(outcomes, pooled_last)
+    idx_of = [list(range(len(o))) for o in outcomes] if indices is None else [list(i) for i in indices]
+    if len(idx_of) != len(outcomes) or any(len(i) != len(o) for i, o in zip(idx_of, outcomes)):
+        raise ValueError("indices must give one continuation index per outcome of every slot")
+    mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
+    a, b = mu * kappa, (1 - mu) * kappa  # [mu, kappa] grids of the population's Beta parameters
+    ll = population_loglik(outcomes, pooled_last)
+    if kappa_prior is not None:
+        ll = ll + np.asarray(kappa_prior)[None]
+    post = np.exp(ll - ll.max()).ravel()
+    pick = rng.choice(post.size, size=B, p=post / post.sum())
+    A, Bb = a.ravel()[pick][:, None], b.ravel()[pick][:, None]  # [B, 1]
+    slots = len(outcomes)
+    prior_w = rng.gamma(A + Bb, size=(B, slots))  # g_s ~ Gamma(kappa)
+    prior_v = rng.beta(np.broadcast_to(A, (B, slots)), np.broadcast_to(Bb, (B, slots)))  # b_s
+    width = max((max(i) + 1 for i, use in zip(idx_of, obs) if use and i), default=0)
+    shared = rng.exponential(size=(B, width)) if paired else None
+    out = np.empty((B, slots), dtype=np.float64)
+    for s_, (outs, ids, use) in enumerate(zip(outcomes, idx_of, obs)):
+        if not use:
+            out[:, s_] = prior_v[:, s_]
+            continue
+        x = np.array([float(bool(o)) for o in outs])
+        e = shared[:, ids] if paired else rng.exponential(size=(B, len(outs)))
+        out[:, s_] = (e @ x + prior_w[:, s_] * prior_v[:, s_]) / (e.sum(1) + prior_w[:, s_])
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float64))

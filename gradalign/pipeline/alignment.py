@@ -31,12 +31,41 @@ import torch
 
 from gradalign import gradients as G
 from gradalign import precision as P
-from gradalign.estimates import full_vocab_success, success_replicates
+from gradalign.estimates import full_vocab_success, kappa_log_prior, population_loglik, success_replicates
 from gradalign.pipeline.branching import RESIDUAL, Branch, BranchOutcomes
 from gradalign.pipeline.resources import Resources
 from gradalign.pipeline.scoring import NodeDists
 from gradalign.sampling import stable_seed
 from gradalign.tables import AlignmentRow, NodeRow
+
+
+@dataclass(frozen=True)
+class SlotOutcomes:
+    """One branch's per-continuation successes by estimation slot: the candidates, then (under
+    `branching.residual_per_token`) each token drawn for the residual bucket, then the bucket
+    itself; with each slot's continuation indices (its noise streams) and whether the bucket's
+    outcomes are already counted in its tokens' slots (``pooled_last``)."""
+
+    outs: list  # [slots] lists of bool
+    indices: list  # [slots] continuation indices
+    tokens: dict  # residual token id -> its draws' successes (the per-token slots, in order)
+    pooled_last: bool
+
+
+def slot_outcomes(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes) -> SlotOutcomes:
+    """The slots of branch ``bi`` (see `SlotOutcomes`)."""
+    tok_outs: dict[int, list[bool]] = {}
+    tok_idx: dict[int, list[int]] = {}  # the residual draws' continuation indices
+    if br.residual_tokens and res.cfg.branching.residual_per_token:
+        for m, o in enumerate(outcomes.successes(bi, RESIDUAL)):
+            tok_outs.setdefault(br.residual_tokens[m], []).append(o)
+            tok_idx.setdefault(br.residual_tokens[m], []).append(m)
+    outs = [outcomes.successes(bi, k) for k in range(len(br.candidates))] + list(tok_outs.values())
+    idx = [list(range(len(o))) for o in outs[:len(br.candidates)]] + list(tok_idx.values())
+    if br.residual_tokens:
+        outs.append(outcomes.successes(bi, RESIDUAL))
+        idx.append(list(range(len(outs[-1]))))
+    return SlotOutcomes(outs, idx, tok_outs, bool(tok_outs) and bool(br.residual_tokens))
 
 
 @dataclass(frozen=True)
@@ -57,6 +86,10 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     align_rows: list[AlignmentRow] = []
     params = "params" in cfg.alignment.space
     param_nodes: dict[tuple[str, int], list] = {}  # rollout -> [(ParamNode, first alignment row index)]
+    slots_of = [slot_outcomes(res, br, bi, outcomes) for bi, br in enumerate(branches)]
+    kappa_prior = None  # hierarchical rule: how far tokens' rates differ, learned from all of this batch's nodes
+    if cfg.branching.uncertainty == "hierarchical" and branches:
+        kappa_prior = kappa_log_prior([population_loglik(so.outs, so.pooled_last) for so in slots_of])
     for bi, br in enumerate(branches):
         r, t = br.rollout, br.position
         d = dists[(r.question_id, r.rollout_id)]
@@ -98,10 +131,8 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         rates = torch.tensor([s.estimate.rate for s in slots], dtype=torch.float64)
         # residual_per_token: each token drawn for the residual bucket gets the mean of its own draws
         # (its slots join the candidates'); the pooled rate is left only for tokens never drawn
-        tok_outs: dict[int, list[bool]] = {}
-        if br.residual_tokens and cfg.branching.residual_per_token:
-            for m, o in enumerate(outcomes.successes(bi, RESIDUAL)):
-                tok_outs.setdefault(br.residual_tokens[m], []).append(o)
+        so = slots_of[bi]
+        tok_outs = so.tokens
         xids = torch.tensor([c.token_id for c in br.candidates] + list(tok_outs), dtype=torch.long)
         xrates = torch.cat([rates, torch.tensor([sum(o) / len(o) for o in tok_outs.values()], dtype=torch.float64)])
         if tok_outs and rest is not None and br.residual_mass > 0:  # the residual row's success: what the bucket adds to V
@@ -123,11 +154,10 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
             split = float(g_a @ g_b)
         # precision: the node's success vector over [candidates..., outside] and its bootstrap replicates
         fold = P.Folded.of(p, xids) if student_ok else None
-        outs = [outcomes.successes(bi, k) for k in range(len(br.candidates))] + list(tok_outs.values())
-        if br.residual_tokens:
-            outs.append(outcomes.successes(bi, RESIDUAL))
-        reps = success_replicates(outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
-                                  seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t))
+        reps = success_replicates(so.outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
+                                  seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t),
+                                  rule=cfg.branching.uncertainty, pooled_last=so.pooled_last, indices=so.indices,
+                                  kappa_prior=kappa_prior)
         fill = 0.0 if rest is None else rest
         S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
         if not br.residual_tokens:
