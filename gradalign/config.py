@@ -395,6 +395,17 @@ class BranchingConfig:
         rate of its own draws (as if it were a candidate), and only the tokens never drawn share
         the pooled residual rate. No extra continuations; false: all tokens outside the candidates
         share the pooled rate (which can average a decisive rare token with harmless ones).""")
+    eos_node: bool = _doc(False, """
+        Branch the stop decision: for a rollout that ended with EOS (not one cut by
+        `sampling.max_new_tokens`), position T (the node prompt + the whole completion, where the
+        student sampled EOS) becomes a node the selectors may choose (`every` and `stride` include
+        it, it is `logspace`'s last window, `refine` bisects up to it, `entropy` ranks it by the
+        student's entropy there), with candidates the EOS the rollout sampled (source `sampled`)
+        plus the usual top-k, so "stop here" is compared with "write one more token". An EOS
+        candidate is graded as the finished completion without sampling. The tokens table gains the
+        EOS's row (position T = rollouts.n_tokens) for every such rollout. Off by default: it adds a
+        node and a tokens row per finished rollout, so every position-keyed consumer (e.g. `gradalign
+        weights`, one weight per row) sees the EOS, which older runs never had.""")
 
 
 @dataclass(frozen=True)
@@ -1176,6 +1187,7 @@ def _parse_branching(s: _Section) -> BranchingConfig:
         allocation=s.choice("allocation", ALLOCATIONS),
         allocation_floor=s.int("allocation_floor", lo=1),
         residual_per_token=s.bool("residual_per_token"),
+        eos_node=s.bool("eos_node"),
     )
 
 
