@@ -6,6 +6,7 @@ verdict alone, so a truncated continuation the grader liked counted as a success
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -123,3 +124,62 @@ def test_allocate_splits_the_node_budget_by_weight():
     assert allocate(10, [0.0, 0.0], [2, 2]) == [3, 3]  # no weight: an equal split
     assert allocate(4, [1.0, 1.0], [2, 2]) == [0, 0]  # nothing left
     assert allocate(9, [1.0, 0.0], [6, 1]) == [2, 0]  # never takes away, gives the rest where short
+
+
+# ----------------------------------------------------------------------------- the stop node (branching.eos_node)
+
+OTHER_EOS = 9  # a second EOS id (e.g. <|im_end|> beside <|endoftext|>)
+
+
+def _stop_rollout(eos_id, n_tokens: int = 3, truncated: bool = False) -> Rollout:
+    comp = Completion((5,) * n_tokens, truncated=truncated, ended_with_eos=not truncated, eos_id=eos_id)
+    return Rollout("q0", 0, {"id": "q0"}, "p", (1,), Outcome(True, truncated, comp, True, "", None, "ok", ""))
+
+
+def _stop_resources(sampler, **overrides) -> Resources:
+    base = {"branching.eos_node": True, "branching.selector": "every", "branching.top_k": 2, "branching.residual": False,
+            "branching.allocation": "equal", "branching.continuations": 2}
+    res = _resources(sampler, **{**base, **overrides})
+    return dataclasses.replace(res, eos_ids=(EOS, OTHER_EOS))
+
+
+def test_node_tokens_add_the_eos_the_rollout_sampled():
+    from gradalign.pipeline.rollouts import node_tokens
+
+    res = _stop_resources(_Sampler())
+    assert node_tokens(res, _stop_rollout(OTHER_EOS)) == (5, 5, 5, OTHER_EOS)  # the one sampled, of several
+    assert node_tokens(res, _stop_rollout(None)) == (5, 5, 5, EOS)  # a backend that does not say: the first EOS id
+    assert node_tokens(res, _stop_rollout(None, truncated=True)) == (5, 5, 5)  # cut: no stop was decided
+    off = _stop_resources(_Sampler(), **{"branching.eos_node": False})
+    assert node_tokens(off, _stop_rollout(OTHER_EOS)) == (5, 5, 5)
+    plans = select_nodes(res, [_stop_rollout(OTHER_EOS), _stop_rollout(None, truncated=True)])
+    assert plans[0].positions == (0, 1, 2, 3) and plans[1].positions == (0, 1, 2)
+    assert select_nodes(off, [_stop_rollout(OTHER_EOS)])[0].positions == (0, 1, 2)
+
+
+def test_stop_node_candidates_and_continuations():
+    """At the stop node the sampled candidate is the EOS the rollout ended with, then the top-k; every
+    EOS candidate is the finished completion (graded, never sampled), any other token writes on from
+    the whole completion with allowance max_new_tokens - T - 1."""
+    import torch
+
+    from gradalign.pipeline import NodeDists, plan_branches, run_branches
+
+    sampler = _Sampler(truncate=True)
+    res = _stop_resources(sampler)
+    r = _stop_rollout(OTHER_EOS)
+    plan = select_nodes(res, [r])[0]
+    p = torch.full((10,), 0.02, dtype=torch.float64)
+    p[5], p[EOS], p[OTHER_EOS] = 0.5, 0.25, 0.09  # the student's top-2 at the stop: 5 then the other EOS id
+    lp = p.log().expand(len(plan.nodes), 10)
+    br = plan_branches(res, [r], [plan], {("q0", 0): NodeDists(lp, {})})
+    stop = br[-1]
+    assert stop.position == 3
+    assert [(c.token_id, c.source) for c in stop.candidates] == [(OTHER_EOS, "sampled"), (5, "student_topk"),
+                                                                 (EOS, "student_topk")]
+    out = run_branches(res, [stop])
+    assert [c[0] for c in sampler.calls[0][0]] == [1, 1]  # two continuations sampled, both for token 5
+    assert all(tuple(h[1:]) == (5, 5, 5, 5) for h in sampler.calls[0][0]) and sampler.calls[0][2] == [6 - 4] * 2
+    assert out.continuations == 2
+    assert out.successes(0, 0) == [True, True] and out.successes(0, 2) == [True, True]  # stopping: the verdict
+    assert out.successes(0, 1) == [False, False]  # writing on past the cap: truncated
