@@ -385,7 +385,8 @@ class BranchingConfig:
     allocation: str = _doc("pilot", """
         How a node's (candidates + 1) x M continuations are split across its slots. `equal`: M
         each. `pilot`: `allocation_floor` each first, then the rest in proportion to p_k x sd_k
-        (student probability times the pilot's binomial sd; the residual bucket weighs its mass),
+        (student probability times the pilot's binomial sd; the residual bucket weighs its mass, an
+        EOS candidate nothing: graded without sampling, it is exact),
         since the error of g*_k = p_k (S_k - V) scales with p_k. Same continuations per node.""")
     allocation_floor: int = _doc(2, """
         `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least

@@ -163,8 +163,11 @@ def allocate(total: int, weights: Sequence[float], have: Sequence[int]) -> list[
 def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> dict:
     """`branching.allocation = "pilot"`: after `allocation_floor` continuations per slot, the rest of
     each node's (K + 1) x M goes to slots in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the
-    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass)."""
+    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). An EOS
+    candidate weighs 0: its continuations are the finished completion graded again, so its rate is
+    exact after one (at the stop node that is the sampled token, often nearly all of p)."""
     b = res.cfg.branching
+    eos = set(res.eos_ids or (res.tokenizer.eos_token_id,))
     want = {}
     for bi, br in enumerate(branches):
         slots = list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])
@@ -173,7 +176,8 @@ def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> 
         for s, n in zip(slots, have):
             ok = sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)])
             r = (ok + 0.5) / (n + 1)
-            weights.append((br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
+            exact = s != RESIDUAL and br.candidates[s].token_id in eos
+            weights.append(0.0 if exact else (br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
         extra = allocate(b.continuations * len(slots), weights, have)
         for s, n, e in zip(slots, have, extra):
             if not e:

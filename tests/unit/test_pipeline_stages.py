@@ -183,3 +183,22 @@ def test_stop_node_candidates_and_continuations():
     assert out.continuations == 2
     assert out.successes(0, 0) == [True, True] and out.successes(0, 2) == [True, True]  # stopping: the verdict
     assert out.successes(0, 1) == [False, False]  # writing on past the cap: truncated
+
+
+def test_pilot_allocation_gives_eos_candidates_only_the_floor():
+    """An EOS candidate is exact after one grading (nothing is sampled), so pilot allocation spends
+    the node's budget on the candidates that write on, whatever their p (here the EOS holds most)."""
+    import torch
+
+    from gradalign.pipeline import NodeDists, plan_branches, run_branches
+
+    res = _stop_resources(_Sampler(truncate=False), **{"branching.allocation": "pilot", "branching.allocation_floor": 1,
+                                                       "branching.top_k": 3})
+    r = _stop_rollout(OTHER_EOS)
+    plan = select_nodes(res, [r])[0]
+    p = torch.full((10,), 0.001, dtype=torch.float64)
+    p[OTHER_EOS], p[5], p[EOS] = 0.9, 0.05, 0.04
+    br = plan_branches(res, [r], [plan], {("q0", 0): NodeDists(p.log().expand(len(plan.nodes), 10), {})})[-1:]
+    assert [c.token_id for c in br[0].candidates] == [OTHER_EOS, 5, EOS]
+    out = run_branches(res, br)
+    assert [len(out.outcomes[(0, k)]) for k in range(3)] == [1, 4, 1]  # 3 slots x M = 6: the floor each, the rest to 5
