@@ -202,3 +202,15 @@ def test_pilot_allocation_gives_eos_candidates_only_the_floor():
     assert [c.token_id for c in br[0].candidates] == [OTHER_EOS, 5, EOS]
     out = run_branches(res, br)
     assert [len(out.outcomes[(0, k)]) for k in range(3)] == [1, 4, 1]  # 3 slots x M = 6: the floor each, the rest to 5
+
+
+def test_refine_with_the_stop_node_queries_the_whole_completion():
+    """refine with the stop node: V(T) is estimated from continuations of the whole completion (the
+    stop drawn afresh), and the free pseudo-node is T + 1, the rollout's own verdict."""
+    sampler = _Sampler(truncate=False)
+    res = _stop_resources(sampler, **{"branching.selector": "refine", "branching.value_continuations": 2})
+    plan = select_nodes(res, [_stop_rollout(OTHER_EOS)])[0]
+    q = {x.position: x for x in plan.queries}
+    assert q[4].n == 1 and q[3].n == 2  # T + 1: the outcome; T: two continuations
+    heads = [tuple(p) for call in sampler.calls for p in call[0]]
+    assert heads.count((1, 5, 5, 5)) == 2 and max(len(h) for h in heads) == 4  # nothing queried past the stop
