@@ -221,7 +221,7 @@ class BigramSampler:
         for i in range(n):
             row = [t for t in toks[i].tolist() if t >= 0]
             if ended[i]:
-                out.append(Completion(tuple(row[:-1]), truncated=False, ended_with_eos=True))
+                out.append(Completion(tuple(row[:-1]), truncated=False, ended_with_eos=True, eos_id=int(row[-1])))
             else:
                 out.append(Completion(tuple(row), truncated=True, ended_with_eos=False))
         return out

@@ -397,7 +397,8 @@ class BranchingConfig:
     allocation: str = _doc("pilot", """
         How a node's (candidates + 1) x M continuations are split across its slots. `equal`: M
         each. `pilot`: `allocation_floor` each first, then the rest in proportion to p_k x sd_k
-        (student probability times the pilot's binomial sd; the residual bucket weighs its mass),
+        (student probability times the pilot's binomial sd; the residual bucket weighs its mass, an
+        EOS candidate nothing: graded without sampling, it is exact),
         since the error of g*_k = p_k (S_k - V) scales with p_k. Same continuations per node.""")
     allocation_floor: int = _doc(2, """
         `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least
@@ -407,6 +408,17 @@ class BranchingConfig:
         rate of its own draws (as if it were a candidate), and only the tokens never drawn share
         the pooled residual rate. No extra continuations; false: all tokens outside the candidates
         share the pooled rate (which can average a decisive rare token with harmless ones).""")
+    eos_node: bool = _doc(False, """
+        Branch the stop decision: for a rollout that ended with EOS (not one cut by
+        `sampling.max_new_tokens`), position T (the node prompt + the whole completion, where the
+        student sampled EOS) becomes a node the selectors may choose (`every` and `stride` include
+        it, it is `logspace`'s last window, `refine` bisects up to it, `entropy` ranks it by the
+        student's entropy there), with candidates the EOS the rollout sampled (source `sampled`)
+        plus the usual top-k, so "stop here" is compared with "write one more token". An EOS
+        candidate is graded as the finished completion without sampling. The tokens table gains the
+        EOS's row (position T = rollouts.n_tokens) for every such rollout. Off by default: it adds a
+        node and a tokens row per finished rollout, so every position-keyed consumer (e.g. `gradalign
+        weights`, one weight per row) sees the EOS, which older runs never had.""")
 
 
 @dataclass(frozen=True)
@@ -1189,6 +1201,7 @@ def _parse_branching(s: _Section) -> BranchingConfig:
         allocation=s.choice("allocation", ALLOCATIONS),
         allocation_floor=s.int("allocation_floor", lo=1),
         residual_per_token=s.bool("residual_per_token"),
+        eos_node=s.bool("eos_node"),
     )
 
 

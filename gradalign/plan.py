@@ -94,9 +94,10 @@ class Plan:
         return (self.load_seconds or 0.0) + self.seconds / min(workers, max(1, self.questions))
 
 
-def _rollout_price(cfg: RunConfig, n_tokens: int) -> tuple[int, int, int, int, int]:
+def _rollout_price(cfg: RunConfig, n_tokens: int, stop_node: bool = False) -> tuple[int, int, int, int, int]:
     """(nodes, branch continuations, branch tokens, value continuations, value tokens) of one
-    rollout of `n_tokens` tokens under the selectors' cost model and the config's budget. refine's
+    rollout of `n_tokens` tokens under the selectors' cost model and the config's budget (`stop_node`:
+    it ended with EOS and `branching.eos_node` makes position T a node option). refine's
     bisection depends on the values it observes: the plan answers every query with 0 successes,
     so it prices the anchors and the final nodes only (a lower bound on its value queries)."""
     from gradalign.candidates import slots_per_node
@@ -107,7 +108,7 @@ def _rollout_price(cfg: RunConfig, n_tokens: int) -> tuple[int, int, int, int, i
     sel = make_selector(b.selector.kind, b.selector.stride, n_tokens=n_tokens,
                         budget=Budget(b.budget_tokens, b.budget_continuations), branch_continuations=per_node,
                         nodes_per_window=b.nodes_per_window, value_continuations=b.value_continuations,
-                        refine_nodes=b.refine_nodes)
+                        refine_nodes=b.refine_nodes, stop_node=stop_node)
     while (qs := sel.pending()):
         sel.observe({t: ValueObs(0, 1) for t in qs})
     p = sel.plan()
@@ -134,7 +135,8 @@ def plan_run(cfg: RunConfig, *, mean_tokens: float | None = None, probe: int = 0
         raise PlanTooCostly(f"mean rollout tokens must be a number > 0, got {mean_tokens!r} (--mean-tokens)")
     T = min(cap, int(round(mean_tokens))) if mean_tokens else cap
     source = "given" if mean_tokens else "the cap sampling.max_new_tokens"
-    nodes, bc, bt, vc, vt = _rollout_price(cfg, T)
+    # a rollout shorter than the cap ended with EOS: with eos_node, its stop decision is a node option
+    nodes, bc, bt, vc, vt = _rollout_price(cfg, T, cfg.branching.eos_node and T < cap)
     R = questions * n_roll
     stages = (
         StagePlan("rollouts", R, R * min(T + 1, cap), False),

@@ -14,6 +14,12 @@ prompt + y_<t; branching at t replaces y_t by each candidate. V(t) is the succes
 continuing on-policy from y_<t, so V(0) is the question's value and V(t+1) - V(t) is the effect of
 the sampled token y_t. Position T is a pseudo-node: V(T) is the rollout's own graded outcome.
 
+The stop node (``stop_node=True``; `branching.eos_node` for a rollout that ended with EOS): position
+T becomes a real node too, the prefix prompt + y_<T where the student sampled EOS, so branching
+there replaces the stop by each candidate. The rules then see P = T + 1 positions 0..T (below,
+"positions" means these P), and refine's pseudo-node moves to T + 1 (the graded outcome after the
+EOS). Prices are unchanged: a continuation from T is priced like any other at its cap (L - T - 1).
+
 Cost model
 ----------
 A continuation's length is priced by `continuation_tokens`. With the sampler's cap L
@@ -34,19 +40,24 @@ Every continuation costs at least one token.
 
 Rules
 -----
-- ``every``: positions 0..T-1.
+- ``every``: positions 0..T-1 (stop node: 0..T).
 - ``stride`` (s >= 1): positions 0, s, 2s, ... below T, plus T-1 always (the last token is often
-  the answer and is the cheapest node: one token per continuation).
-- ``logspace`` (k = ``nodes_per_window``): window 0 is [T-1, T); window i >= 1 is
+  the answer and is the cheapest node: one token per continuation); stop node: plus T as well.
+- ``logspace`` (k = ``nodes_per_window``), over the P positions (T below reads P with the stop
+  node, so window 0 is the stop decision [T, T+1) and window 1 the last token): window 0 is [T-1, T); window i >= 1 is
   [T - 2^i, T - 2^(i-1)), clipped at 0; windows stop once one reaches position 0. So the windows
   are [T-1,T), [T-2,T-1), [T-4,T-2), [T-8,T-4), ... with lengths 1, 1, 2, 4, 8, ...; window i
   holds positions at distance (2^(i-1), 2^i] from the end. A window [lo, hi) of length L keeps all
   its positions when L <= k, else the k centred positions ``lo + ((2j + 1) * L) // (2k)``,
   j = 0..k-1 (midpoints of k equal slices). This gives O(k log T) nodes whose token cost is
   O(k T): each window's nodes cost about its distance from the end, and distances double.
-- ``refine``: see `RefineSelector`.
+- ``refine``: see `RefineSelector` (stop node: it bisects over 0..T with the pseudo-node at T+1, so
+  the stop decision is a final node when |V(T+1) - V(T)|, the outcome against the value before the
+  stop, ranks high).
 - ``entropy`` (K = ``refine_nodes``): the K positions where the student's next-token entropy
-  H(p(. | y_<t)) is largest (ties: later first), given by the caller as ``scores`` [T]. Reasoning-
+  H(p(. | y_<t)) is largest (ties: later first), given by the caller as ``scores`` [P] (stop node:
+  the entropy at T competes like any position: a student unsure whether to stop hesitates at a
+  decision; a confident stop ranks low and costs nothing). Reasoning-
   aware without knowing the text: the tokens where the student hesitates are the decisions of a
   chain (a carry, a step), wherever they sit, while the copied answer at the end is near-certain.
   Nodes are in rank order and admitted to the budget highest entropy first.
@@ -209,9 +220,11 @@ def branch_cost(n_tokens: int, position: int, branch_continuations: int, max_new
     return Cost(tokens, branch_continuations)
 
 
-def query_cost(n_tokens: int, position: int, value_continuations: int, max_new_tokens: int = 0) -> Cost:
-    """Cost of a value query; the pseudo-node T (the rollout's own outcome) is free."""
-    if position >= n_tokens:
+def query_cost(n_tokens: int, position: int, value_continuations: int, max_new_tokens: int = 0, *,
+               n_positions: int | None = None) -> Cost:
+    """Cost of a value query; the pseudo-node (the rollout's own outcome, at `n_positions`: T, or
+    T + 1 with the stop node) is free."""
+    if position >= (n_tokens if n_positions is None else n_positions):
         return Cost(0, 0)
     per = continuation_tokens(n_tokens, position, max_new_tokens, branch=False)
     return Cost(value_continuations * per, value_continuations)
@@ -323,12 +336,14 @@ class Selector:
 
     kind = "base"
 
-    def __init__(self, *, n_tokens: int, budget: Budget, branch_continuations: int, max_new_tokens: int = 0) -> None:
+    def __init__(self, *, n_tokens: int, budget: Budget, branch_continuations: int, max_new_tokens: int = 0,
+                 stop_node: bool = False) -> None:
         if n_tokens < 0:
             raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
         if branch_continuations < 1:
             raise ValueError(f"branch_continuations must be >= 1, got {branch_continuations}")
-        self.n_tokens = n_tokens
+        self.n_tokens = n_tokens  # T: prices continuations
+        self.n_positions = n_tokens + int(stop_node)  # P: node positions 0..P-1 (T + 1 with the stop node)
         self.budget = budget
         self.branch_continuations = branch_continuations
         self.max_new_tokens = max_new_tokens  # L for `continuation_tokens` (0: price T - t)
@@ -413,8 +428,8 @@ class _Interval:
 class RefineSelector(Selector):
     """Bisect towards decisive tokens with value queries, then branch the best `refine_nodes`.
 
-    Round 0 queries the anchors: the logspace positions plus 0, and the pseudo-node T (which the
-    selection stage answers with the rollout's graded outcome, n=1, at no cost). Anchors are admitted
+    Round 0 queries the anchors: the logspace positions plus 0, and the pseudo-node T (T + 1 with
+    the stop node; the selection stage answers it with the rollout's graded outcome, n=1, at no cost). Anchors are admitted
     latest-first; one that does not fit (with the reserve below) is dropped, so under a tight
     budget the earliest anchors, 0 included, go first. T is only asked for when some anchor is.
 
@@ -449,9 +464,11 @@ class RefineSelector(Selector):
         value_continuations: int = 4,
         refine_nodes: int = 4,
         min_abs_dv: float = 0.0,
+        stop_node: bool = False,
     ) -> None:
         super().__init__(
-            n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations, max_new_tokens=max_new_tokens
+            n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations, max_new_tokens=max_new_tokens,
+            stop_node=stop_node,
         )
         if nodes_per_window < 1:
             raise ValueError(f"nodes_per_window must be >= 1, got {nodes_per_window}")
@@ -467,7 +484,7 @@ class RefineSelector(Selector):
         self._pending: tuple[int, ...] | None = None
         self._started = False
         self._done = False
-        self._a_min = n_tokens  # earliest queried position; T = none yet
+        self._a_min = self.n_positions  # earliest queried position; P = none yet
         self._q_tokens = 0
         self._q_conts = 0
         self._dropped = 0
@@ -477,12 +494,12 @@ class RefineSelector(Selector):
     # --- budget helpers
 
     def _reserve(self, a_min: int) -> Cost:
-        n = max(0, min(self.refine_nodes, self.n_tokens - a_min))
+        n = max(0, min(self.refine_nodes, self.n_positions - a_min))
         costs = [self._branch(a_min + j) for j in range(n)]
         return Cost(sum(c.tokens for c in costs), sum(c.continuations for c in costs))
 
     def _try_query(self, position: int, a_min: int) -> bool:
-        q = query_cost(self.n_tokens, position, self.value_continuations, self.max_new_tokens)
+        q = query_cost(self.n_tokens, position, self.value_continuations, self.max_new_tokens, n_positions=self.n_positions)
         r = self._reserve(a_min)
         if not self.budget.fits(self._q_tokens + r.tokens, self._q_conts + r.continuations,
                                 q.tokens, q.continuations):
@@ -533,7 +550,7 @@ class RefineSelector(Selector):
         return self._midpoint_round()
 
     def _anchor_round(self) -> tuple[int, ...]:
-        T = self.n_tokens
+        T = self.n_positions  # the pseudo-node
         if T == 0:
             return ()
         anchors = sorted(set(logspace_positions(T, self.nodes_per_window)) | {0}, reverse=True)
@@ -607,7 +624,7 @@ class RefineSelector(Selector):
                 log.info("refine: budget %s dropped final node %d", self.budget, choice.position)
         queries = tuple(ValueQuery(t, o.successes, o.n) for t, o in sorted(self._obs.items()))
         return SelectionPlan(tuple(nodes), tokens, conts, self._dropped, queries,
-                             asked=min(self.refine_nodes, self.n_tokens), query_tokens=self._q_tokens,
+                             asked=min(self.refine_nodes, self.n_positions), query_tokens=self._q_tokens,
                              query_continuations=self._q_conts)
 
 
@@ -626,33 +643,38 @@ def make_selector(
     refine_nodes: int = 4,
     max_new_tokens: int = 0,
     scores: "Sequence[float] | None" = None,
+    stop_node: bool = False,
 ) -> Selector:
     """Build a selector for one rollout. `kind` is one of SELECTOR_KINDS; "stride:S" also works.
 
     `stride` is required for kind "stride" and ignored otherwise. `max_new_tokens` > 0 prices
-    continuations at their true cap (see `continuation_tokens`). `scores` [T] (the student's
-    entropy per position) is required for kind "entropy".
+    continuations at their true cap (see `continuation_tokens`). `scores` [P] (the student's
+    entropy per position) is required for kind "entropy". `stop_node`: position T (the EOS the
+    rollout ended with) is a node option too, P = T + 1 positions (see "The stop node" above).
     """
     base = dict(n_tokens=n_tokens, budget=budget, branch_continuations=branch_continuations,
-                max_new_tokens=max_new_tokens)
+                max_new_tokens=max_new_tokens, stop_node=stop_node)
+    P = n_tokens + int(stop_node)
     if kind.startswith("stride:"):
         kind, stride = "stride", int(kind.split(":", 1)[1])
     if kind == "every":
-        choices = tuple(NodeChoice(t, "every") for t in every_positions(n_tokens))
+        choices = tuple(NodeChoice(t, "every") for t in every_positions(P))
         return StaticSelector("every", choices, **base)
     if kind == "stride":
         if stride is None:
             raise ValueError("kind 'stride' needs a stride")
+        pos = set(stride_positions(n_tokens, stride)) | ({n_tokens} if stop_node else set())
         choices = tuple(
-            NodeChoice(t, f"stride:{stride}" if t % stride == 0 else f"stride:{stride} (last)")
-            for t in stride_positions(n_tokens, stride)
+            NodeChoice(t, f"stride:{stride}" if t % stride == 0 else
+                       f"stride:{stride} ({'stop' if t == n_tokens else 'last'})")
+            for t in sorted(pos)
         )
         return StaticSelector("stride", choices, **base)
     if kind == "logspace":
-        return StaticSelector("logspace", logspace_choices(n_tokens, nodes_per_window), **base)
+        return StaticSelector("logspace", logspace_choices(P, nodes_per_window), **base)
     if kind == "entropy":
-        if scores is None or len(scores) != n_tokens:
-            raise ValueError(f"kind 'entropy' needs one score per position ({n_tokens}), got {None if scores is None else len(scores)}")
+        if scores is None or len(scores) != P:
+            raise ValueError(f"kind 'entropy' needs one score per position ({P}), got {None if scores is None else len(scores)}")
         return StaticSelector("entropy", entropy_choices(scores, refine_nodes), rank_order=True, **base)
     if kind == "refine":
         return RefineSelector(

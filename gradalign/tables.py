@@ -41,7 +41,8 @@ class RolloutRow:
     rollout_id: int = _col("int32", "index of the rollout within its question")
     prompt: str = _col("string", "prompt text the student saw")
     completion: str = _col("string", "decoded completion (EOS excluded)")
-    n_tokens: int = _col("int32", "completion length in tokens")
+    n_tokens: int = _col("int32", "completion length in tokens (EOS excluded); with branching.eos_node, position n_tokens "
+                                  "of the other tables is the stop decision (the EOS the rollout ended with)")
     correct: bool = _col("bool", "grader verdict (a truncated rollout is never correct)")
     extracted_answer: str | None = _col("string", "answer the grader extracted (null if none)")
     truncated: bool = _col("bool", "hit max_new_tokens without EOS")
@@ -57,8 +58,9 @@ class TokenRow:
     question_id: str = _col("string", "")
     rollout_id: int = _col("int32", "")
     config: str = _col("string", "teacher/context config name")
-    position: int = _col("int32", "completion position t (node = prompt + y_<t)")
-    token_id: int = _col("int32", "sampled token y_t")
+    position: int = _col("int32", "completion position t (node = prompt + y_<t); with branching.eos_node, t = n_tokens "
+                                  "is the EOS a finished rollout ended with (the stop decision)")
+    token_id: int = _col("int32", "sampled token y_t (at t = n_tokens: the EOS id)")
     token_text: str = _col("string", "decoded y_t")
     student_logprob: float = _col("float32", "log p(y_t)")
     student_entropy: float = _col("float32", "H(p) in nats")
@@ -77,7 +79,7 @@ class NodeRow:
 
     question_id: str = _col("string", "")
     rollout_id: int = _col("int32", "")
-    position: int = _col("int32", "")
+    position: int = _col("int32", "node position t, as in the tokens table (t = n_tokens: the stop node)")
     candidate_id: int = _col("int32", "candidate token id (-1 for the residual bucket)")
     candidate_text: str = _col("string", "")
     source: str = _col("string", "sampled | student_topk | teacher_topk | coverage | residual")
@@ -102,8 +104,8 @@ class AlignmentRow:
 
     question_id: str = _col("string", "")
     rollout_id: int = _col("int32", "")
-    position: int = _col("int32", "")
-    token_id: int = _col("int32", "sampled token at the node")
+    position: int = _col("int32", "node position t, as in the tokens table (t = n_tokens: the stop node)")
+    token_id: int = _col("int32", "sampled token at the node (the stop node: the EOS id the rollout ended with)")
     token_text: str = _col("string", "")
     correct: bool = _col("bool", "the rollout's verdict")
     config: str = _col("string", "")

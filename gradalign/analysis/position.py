@@ -30,7 +30,8 @@ def node_delta_v(alignment, nodes):
 
 
 def relative_position(alignment, rollouts, *, bins: int = 5):
-    """Alignment rows with rel_pos = position / n_tokens in [0, 1) and its bin (0 .. bins-1, equal width)."""
+    """Alignment rows with rel_pos = position / n_tokens in [0, 1) and its bin (0 .. bins-1, equal width);
+    a stop node (`branching.eos_node`, position n_tokens) has rel_pos 1 and falls in the last bin."""
     import numpy as np
 
     if bins < 1:

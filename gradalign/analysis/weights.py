@@ -71,7 +71,8 @@ def token_weights(tokens, alignment, *, config: str, rules: Sequence[WeightRule 
     """Per-token loss weights for one config: question_id, rollout_id, position, weight (float32).
 
     One row per rollout token of the run (position = index into the completion's token ids, as in
-    the tokens table). Every weight starts at 1 and each rule multiplies it by 0 or 1:
+    the tokens table; a run with `branching.eos_node` also weighs each finished rollout's EOS, at
+    position n_tokens). Every weight starts at 1 and each rule multiplies it by 0 or 1:
     `zero-negative` zeroes branched nodes whose `metric` for `loss` is < 0 (unbranched tokens and
     undefined cosines keep 1); `keep-tip:Qs` keeps only tokens in those TIP quadrants (thresholds as
     in `tip_quadrants`); `freeze-rocks` zeroes occurrences of the config's rock-token types

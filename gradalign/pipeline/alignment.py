@@ -34,6 +34,7 @@ from gradalign import precision as P
 from gradalign.estimates import full_vocab_success, kappa_log_prior, population_loglik, success_replicates
 from gradalign.pipeline.branching import RESIDUAL, Branch, BranchOutcomes
 from gradalign.pipeline.resources import Resources
+from gradalign.pipeline.rollouts import node_tokens
 from gradalign.pipeline.scoring import NodeDists
 from gradalign.sampling import stable_seed
 from gradalign.tables import AlignmentRow, NodeRow
@@ -163,7 +164,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         if not br.residual_tokens:
             reps = torch.cat([reps, torch.full((reps.shape[0], 1), fill, dtype=torch.float64)], dim=1)
         noise = P.node_noise(fold, S_slots, reps, p) if fold is not None else P.NodeNoise(math.nan, math.nan, math.nan, math.nan)
-        y = r.token_ids[t]
+        y = node_tokens(res, r)[t]  # y_t; at the stop node (t = T) the EOS the rollout ended with
         first_row, dirs = len(align_rows), []
         for teacher in res.teachers:
             lq = d.teachers[teacher.name][br.node_index]

@@ -12,6 +12,13 @@ continuation is graded (`rollouts`), the interval rules (`gradalign.estimates`) 
 into S, V and cosines (`alignment`).
 
 Slots: a branch's candidates are slots 0..K-1; the residual bucket is slot -1.
+
+The stop node (`branching.eos_node`, position T of a rollout that ended with EOS): the sampled
+candidate is the EOS id the rollout ended with (`rollouts.node_tokens`), the top-k and residual as
+anywhere; a continuation's head is the whole completion + its first token, so an EOS candidate (the
+sampled one or any other of the student's EOS ids) is the finished completion, graded without
+sampling (S is its verdict, exactly), and any other token writes on with allowance
+max_new_tokens - T - 1 (0: cut at once, a failure).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 from gradalign.candidates import Candidate, candidate_set
 from gradalign.estimates import Halves, SuccessEstimate, adaptive_needed, split_halves
 from gradalign.pipeline.resources import Resources
-from gradalign.pipeline.rollouts import Continuation, Rollout, continue_and_grade
+from gradalign.pipeline.rollouts import Continuation, Rollout, continue_and_grade, node_tokens
 from gradalign.pipeline.scoring import NodeDists
 from gradalign.sampling import stable_seed
 from gradalign.selectors import SelectionPlan
@@ -39,7 +46,7 @@ class Branch:
     """One node's candidates, ready to branch."""
 
     rollout: Rollout
-    position: int  # completion position t: node = prompt + y_<t
+    position: int  # completion position t: node = prompt + y_<t (t = T: the stop node)
     node_index: int  # row of the node in its rollout's `NodeDists`
     reason: str  # why the selector chose the node
     candidates: tuple[Candidate, ...]  # K
@@ -88,11 +95,12 @@ def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[S
     out = []
     for r, plan in zip(rollouts, plans):
         d = dists[(r.question_id, r.rollout_id)]
+        ys = node_tokens(res, r)
         for k, node in enumerate(plan.nodes):
             t = node.position
             lp = d.student[k]
             cands = candidate_set(
-                r.token_ids[t], lp, {n: v[k] for n, v in d.teachers.items()},
+                ys[t], lp, {n: v[k] for n, v in d.teachers.items()},
                 top_k=b.top_k, coverage=b.coverage, max_candidates=b.max_candidates,
             )
             p = lp.exp()
@@ -155,8 +163,11 @@ def allocate(total: int, weights: Sequence[float], have: Sequence[int]) -> list[
 def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> dict:
     """`branching.allocation = "pilot"`: after `allocation_floor` continuations per slot, the rest of
     each node's (K + 1) x M goes to slots in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the
-    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass)."""
+    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). An EOS
+    candidate weighs 0: its continuations are the finished completion graded again, so its rate is
+    exact after one (at the stop node that is the sampled token, often nearly all of p)."""
     b = res.cfg.branching
+    eos = set(res.eos_ids or (res.tokenizer.eos_token_id,))
     want = {}
     for bi, br in enumerate(branches):
         slots = list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])
@@ -165,7 +176,8 @@ def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> 
         for s, n in zip(slots, have):
             ok = sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)])
             r = (ok + 0.5) / (n + 1)
-            weights.append((br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
+            exact = s != RESIDUAL and br.candidates[s].token_id in eos
+            weights.append(0.0 if exact else (br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
         extra = allocate(b.continuations * len(slots), weights, have)
         for s, n, e in zip(slots, have, extra):
             if not e:

@@ -4,8 +4,11 @@ Owns: `continue_and_grade` (sample the student's continuation of prompt + head u
 decode head + continuation, grade it, and decide success: a continuation cut by max_new_tokens is a
 failure whatever its text says; a head that already ends in EOS is a finished completion and is
 graded without sampling), used by rollouts, refine's value queries and branches alike; and
-`sample_rollouts` (N rollouts per question as `Rollout` records). Does not own which continuations
-to draw (selection, branching) nor the grader itself (`gradalign.graders`).
+`sample_rollouts` (N rollouts per question as `Rollout` records); and `node_tokens`, the tokens a
+rollout's node positions index (y_0..y_{T-1}, plus, with `branching.eos_node`, the EOS it ended with
+at position T: the stop decision), which selection, scoring, branching and alignment all go through.
+Does not own which continuations to draw (selection, branching) nor the grader itself
+(`gradalign.graders`).
 
 Token budget: every continuation has allowance max_new_tokens - len(head), so a continuation at
 completion position t faces the same length limit as the rollout it estimates.
@@ -74,7 +77,8 @@ def _sample_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Out
     eos = set(res.eos_ids or (tok.eos_token_id,))  # any of the student's EOS ids ends a completion
     finished = {i for i, c in enumerate(items) if c.head and c.head[-1] in eos}
     live = [i for i in range(len(items)) if i not in finished]
-    comps: list[Completion] = [Completion((), truncated=False, ended_with_eos=True)] * len(items)
+    comps: list[Completion] = [Completion((), truncated=False, ended_with_eos=True, eos_id=c.head[-1] if i in finished else None)
+                               for i, c in enumerate(items)]
     if live:
         sampled = res.sampler.sample(
             [items[i].prompt_ids + items[i].head for i in live], [items[i].seed for i in live],
@@ -112,6 +116,15 @@ class Rollout:
     def correct(self) -> bool:
         return self.outcome.success
 
+    def stop_token(self, eos_ids: Sequence[int]) -> int | None:
+        """The EOS id the rollout ended with; None when it did not end with one (cut by
+        max_new_tokens). A backend that does not say which (`Completion.eos_id` None) gives the first
+        of `eos_ids`."""
+        c = self.outcome.completion
+        if not c.ended_with_eos or c.truncated:
+            return None
+        return c.eos_id if c.eos_id is not None else int(eos_ids[0])
+
     def to_row(self) -> RolloutRow:
         o = self.outcome
         return RolloutRow(
@@ -136,3 +149,14 @@ def sample_rollouts(res: Resources, rows: Sequence[dict]) -> list[Rollout]:
     outs = continue_and_grade(res, [Continuation(row, ids, (), stable_seed(cfg.run.seed, "rollout", qid, r))
                                     for row, qid, r, _, ids in heads])
     return [Rollout(qid, r, row, text, ids, o) for (row, qid, r, text, ids), o in zip(heads, outs)]
+
+
+def node_tokens(res: Resources, r: Rollout) -> tuple[int, ...]:
+    """The token the student sampled at each of `r`'s node positions: y_0..y_{T-1}, and with
+    `branching.eos_node`, for a rollout that ended with EOS, that EOS id at position T (node prompt
+    + y_<T, where the student chose to stop). So position t < T replaces y_t and position T replaces
+    the stop; a truncated rollout has no position T (nothing was decided there)."""
+    if not res.cfg.branching.eos_node:
+        return r.token_ids
+    eos = r.stop_token(res.eos_ids or (res.tokenizer.eos_token_id,))
+    return r.token_ids if eos is None else r.token_ids + (eos,)

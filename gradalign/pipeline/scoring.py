@@ -12,7 +12,12 @@ LM-head rows (a fault the engine counts in the manifest). Does not own the forwa
 bounds and the restriction to the tokenizer's ids (`gradalign.scoring.score`) nor the divergence
 formulas (`gradalign.gradients`).
 
-Shapes: T completion positions of a rollout, V = V_tok = len(tokenizer), the ids all models share
+The stop node (`branching.eos_node`, a rollout that ended with EOS): the rollout is scored over its
+completion plus that EOS (`rollouts.node_tokens`), so position T has the node's distributions (the
+logits after y_{T-1}) and a tokens-table row of its own (the EOS's log-probs, entropies and
+divergences at the stop decision); one more input position per forward, nothing else changes.
+
+Shapes: T completion positions of a rollout (T + 1 with the stop node), V = V_tok = len(tokenizer), the ids all models share
 (a model's LM head may have more rows, V_head, as padding: they are cut off and the rest
 renormalised, `scoring.restrict_to_vocab`); node log-probs are [n_nodes, V_tok], temperature-scaled
 (z / tau) like the sampler's: the student's at `sampling.temperature`, the teachers' at
@@ -30,7 +35,7 @@ from typing import Sequence
 import torch
 
 from gradalign.pipeline.resources import Resources
-from gradalign.pipeline.rollouts import Rollout
+from gradalign.pipeline.rollouts import Rollout, node_tokens
 from gradalign.selectors import SelectionPlan
 from gradalign.tables import TokenRow
 
@@ -78,6 +83,7 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
     texts: dict[int, str] = {}  # token id -> decoded text, once per id
     prefix_hashes: dict[tuple[str, str], str] = {}
     nodes_of = [p.positions for p in plans]
+    ys = [node_tokens(res, r) for r in rollouts]  # the scored tokens: the completion (+ its EOS, stop node)
     dists: dict[tuple[str, int], NodeDists] = {}
     n_tok = len(tok)  # V_tok: every distribution is over the tokenizer's ids (padded head rows cut off)
     padded_faults = {(r.question_id, r.rollout_id): 0 for r in rollouts}
@@ -89,17 +95,17 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
             worst[who] = max(worst.get(who, 0.0), mass)
     # rollouts scored together: bounds the student's [T, H] rows alive at once (4 bytes a value at most)
     H = int(res.student.get_output_embeddings().weight.shape[1])
-    t_max = max((len(r.token_ids) for r in rollouts), default=1)
+    t_max = max((len(y) for y in ys), default=1)
     group = max(1, min(16, (ROWS_BYTES // (4 * max(t_max, 1) * H))))
     for g0 in range(0, len(rollouts), group):
         idx = list(range(g0, min(g0 + group, len(rollouts))))
-        sreq = [ScoreRequest(rollouts[i].prompt_ids, rollouts[i].token_ids, nodes_of[i]) for i in idx]
+        sreq = [ScoreRequest(rollouts[i].prompt_ids, ys[i], nodes_of[i]) for i in idx]
         s_rows = forward_rows(res.student, sreq, pad_id=tok.pad_token_id)
         s_lists = {}
         for k, i in enumerate(idx):
             r = rollouts[i]
             dists[(r.question_id, r.rollout_id)] = NodeDists(node_logp(s_rows[k], nodes_of[i], tau, n_tok), {})
-            ids = list(r.token_ids)
+            ids = list(ys[i])
             for t in ids:
                 if t not in texts:
                     texts[t] = tok.decode([t])
@@ -113,13 +119,13 @@ def score_rollouts(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[
                 ctx = render(teacher.context, r.row, what=f"context of teacher {teacher.name!r}", row_id=r.question_id)
                 ids = encode_prefix(tok, ctx, r.prompt_text, **prefix_options(cfg.task))
                 prefix_hashes[(r.question_id, teacher.name)] = hashlib.blake2b(str(ids).encode(), digest_size=8).hexdigest()
-                treq.append(ScoreRequest(ids, r.token_ids, nodes_of[i]))
+                treq.append(ScoreRequest(ids, ys[i], nodes_of[i]))
             t_rows = forward_rows(teacher.model, treq, pad_id=tok.pad_token_id)
             for k, i in enumerate(idx):
                 r = rollouts[i]
-                T = len(r.token_ids)
+                T = len(ys[i])
                 dists[(r.question_id, r.rollout_id)].teachers[teacher.name] = node_logp(t_rows[k], nodes_of[i], tau_q, n_tok)
-                ps = pair_stats(s_rows[k], t_rows[k], r.token_ids, temperature=tau, teacher_temperature=tau_q, beta=beta,
+                ps = pair_stats(s_rows[k], t_rows[k], ys[i], temperature=tau, teacher_temperature=tau_q, beta=beta,
                                 vocab_size=n_tok)
                 if i not in student_padded_seen:  # the student's sequence counts once, whatever the teachers
                     student_padded_seen.add(i)

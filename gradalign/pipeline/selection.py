@@ -9,8 +9,10 @@ first plans with the fewest slots a node can take (the sampled token alone, M co
 with `candidates.slots_per_node` (its reserve must not undershoot); `fit_branches` then re-admits the
 nodes at their real cost (candidates + residual bucket, times M) and drops what no longer fits, so a
 budget is never spent on slots a node does not have. Continuations are priced at their true cap,
-`sampling.max_new_tokens - t - 1` (value queries `- t`). Does not own the selectors' rules and cost
-model (`gradalign.selectors`) or how a continuation is graded (`rollouts.continue_and_grade`).
+`sampling.max_new_tokens - t - 1` (value queries `- t`). With `branching.eos_node`, a rollout that
+ended with EOS has the stop node (`rollouts.node_tokens`): its selector sees positions 0..T and
+refine's free pseudo-node moves to T + 1. Does not own the selectors' rules and cost model
+(`gradalign.selectors`) or how a continuation is graded (`rollouts.continue_and_grade`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from gradalign import progress
 from gradalign.candidates import slots_per_node
 from gradalign.pipeline.branching import Branch
 from gradalign.pipeline.resources import Resources
-from gradalign.pipeline.rollouts import Continuation, Rollout, continue_and_grade
+from gradalign.pipeline.rollouts import Continuation, Rollout, continue_and_grade, node_tokens
 from gradalign.sampling import stable_seed
 from gradalign.selectors import Budget, SelectionPlan, ValueObs, branch_cost, budget_note, fit_to_budget, make_selector
 
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionPlan]:
-    """One `SelectionPlan` per rollout, in order. A value query at a rollout's own end (t = T) is
-    its graded outcome; every other query is answered by graded continuations of y_<t."""
+    """One `SelectionPlan` per rollout, in order. A value query at a rollout's own end (t = T, or
+    T + 1 with the stop node) is its graded outcome; every other query is answered by graded
+    continuations of y_<t (at t = T: the whole completion, its stop decision drawn afresh)."""
     cfg = res.cfg
     b = cfg.branching
     # refine reserves budget for its final nodes before querying: price them at the usual slot count;
@@ -44,6 +47,7 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
             budget=_budget(res), branch_continuations=per_node * b.continuations,
             nodes_per_window=b.nodes_per_window, value_continuations=b.value_continuations, refine_nodes=b.refine_nodes,
             max_new_tokens=cfg.sampling.max_new_tokens, scores=h,
+            stop_node=len(node_tokens(res, r)) > len(r.token_ids),
         )
         for r, h in zip(rollouts, scores)
     ]
@@ -58,7 +62,7 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
         items = []
         for i, t in queries:
             r = rollouts[i]
-            if t >= len(r.token_ids):  # the rollout's own end: its graded outcome, no continuation needed
+            if t >= sels[i].n_positions:  # the rollout's own end: its graded outcome, no continuation needed
                 obs.setdefault(i, {})[t] = ValueObs(int(r.correct), 1)
                 continue
             for m in range(b.value_continuations):
@@ -78,12 +82,13 @@ def select_nodes(res: Resources, rollouts: Sequence[Rollout]) -> list[SelectionP
 
 
 def _student_entropy(res: Resources, rollouts: Sequence[Rollout]) -> list[list[float]]:
-    """The student's next-token entropy at every completion position of each rollout ([T] per
-    rollout, at the sampling temperature), for the `entropy` selector: one forward per rollout."""
+    """The student's next-token entropy at every node position of each rollout ([T] per rollout,
+    [T + 1] with the stop node: the entropy where it chose EOS; at the sampling temperature), for
+    the `entropy` selector: one forward per rollout."""
     from gradalign.scoring import ScoreRequest, score
 
     tok = res.tokenizer
-    reqs = [ScoreRequest(r.prompt_ids, r.token_ids) for r in rollouts]
+    reqs = [ScoreRequest(r.prompt_ids, node_tokens(res, r)) for r in rollouts]
     out = score(res.student, reqs, temperature=res.cfg.sampling.temperature, pad_id=tok.pad_token_id, vocab_size=len(tok))
     return [s.entropy.tolist() for s in out]
 

@@ -263,7 +263,7 @@ def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> Completion:
     stops = set(eos_ids)
     for k, t in enumerate(tokens):
         if t in stops:
-            return Completion(tuple(tokens[:k]), truncated=False, ended_with_eos=True)
+            return Completion(tuple(tokens[:k]), truncated=False, ended_with_eos=True, eos_id=int(t))
     return Completion(tuple(tokens), truncated=True, ended_with_eos=False)
 
 

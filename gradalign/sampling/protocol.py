@@ -41,6 +41,7 @@ class Completion:
     token_ids: tuple[int, ...]  # new tokens, EOS excluded
     truncated: bool  # hit its allowance without EOS
     ended_with_eos: bool  # ended by an EOS token (any of the student's EOS ids)
+    eos_id: int | None = None  # which EOS id ended it (None: truncated, or a backend that does not say)
 
 
 @runtime_checkable

@@ -119,14 +119,20 @@ def request_params(p: SamplingParams, allow: int, seed: int, eos_ids: Sequence[i
                 seed=int(seed) % (2**31), ignore_eos=False, detokenize=False, stop_token_ids=[int(e) for e in eos_ids])
 
 
-def completion_of(token_ids: Sequence[int], finish_reason: str | None, eos_ids: Sequence[int]) -> Completion:
+def completion_of(token_ids: Sequence[int], finish_reason: str | None, eos_ids: Sequence[int],
+                  stop_reason: object = None) -> Completion:
     """vLLM's output as a `Completion`: a final EOS id (any of `eos_ids`) is dropped, and a sequence ended
-    by one (or finish_reason "stop") is not truncated; one that ran out of tokens ("length") is."""
+    by one (or finish_reason "stop") is not truncated; one that ran out of tokens ("length") is. Its
+    `eos_id` is that final id, else vLLM's `stop_reason` when it is one of `eos_ids`, else None."""
     toks = list(token_ids)
     ended = bool(toks) and toks[-1] in eos_ids or finish_reason == "stop"
+    eos = None
     if toks and toks[-1] in eos_ids:
+        eos = int(toks[-1])
         toks = toks[:-1]
-    return Completion(tuple(toks), truncated=not ended, ended_with_eos=ended)
+    elif ended and isinstance(stop_reason, int) and stop_reason in eos_ids:
+        eos = int(stop_reason)
+    return Completion(tuple(toks), truncated=not ended, ended_with_eos=ended, eos_id=eos)
 
 
 class VLLMSampler:
@@ -181,7 +187,7 @@ class VLLMSampler:
             results = self.llm.generate(reqs, sps, use_tqdm=False)
             for i, res in zip(idx, results):
                 o = res.outputs[0]
-                out[i] = completion_of(o.token_ids, o.finish_reason, self.eos_ids)
+                out[i] = completion_of(o.token_ids, o.finish_reason, self.eos_ids, getattr(o, "stop_reason", None))
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 
+from conftest import cli
+
 from gradalign.tables import COLUMNS, SCHEMA_VERSION, TABLES, load
+from gradalign.tasks import data_dir
 
 
 def test_demo_writes_tables_with_documented_columns(demo_run, backend):
@@ -51,3 +54,36 @@ def test_demo_tables_are_consistent(demo_run):
     assert len(br) == n.drop_duplicates(["question_id", "rollout_id", "position"]).shape[0]
     # token statistics are finite and KL is non-negative
     assert (k.kl_pq >= -1e-6).all() and (k.kl_qp >= -1e-6).all() and k.student_entropy.map(math.isfinite).all()
+
+
+def test_diagnose_with_eos_node_branches_the_stop(tmp_path, backend):
+    """`gradalign diagnose` on the demo config with `--set branching.eos_node=true`: every rollout
+    that ended with EOS has alignment rows at position n_tokens (its stop decision, token = the EOS),
+    a tokens row there per config and, in the nodes table, the EOS as the sampled candidate with
+    the rollout's own verdict as its exact success; V = sum p S still holds."""
+    out = tmp_path / "run"
+    r = cli("diagnose", str(data_dir() / "configs" / "demo.toml"), "--out", str(out), "--set", "branching.eos_node=true",
+            "--set", "task.limit=2", "--set", "sampling.rollouts_per_question=2", "--set", "branching.continuations=2",
+            "--set", f"sampling.backend={backend}", "--set", f"sampling.vllm_eager={str(backend == 'vllm').lower()}",
+            timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    t = load(out)
+    assert t.manifest["config"]["branching"]["eos_node"] is True
+    key = ["question_id", "rollout_id"]
+    fin = t.rollouts[~t.rollouts.truncated]
+    assert len(fin) > 0
+    stops = set(zip(fin.question_id, fin.rollout_id, fin.n_tokens))
+    at = lambda df: df.merge(t.rollouts[[*key, "n_tokens"]], on=key).query("position == n_tokens")  # noqa: E731
+    a, k, n = at(t.alignment), at(t.tokens), at(t.nodes)
+    assert set(zip(a.question_id, a.rollout_id, a.position)) == stops  # an alignment row at every stop, only there
+    assert len(a) == len(stops) * len(set(t.alignment.config)) * len(set(t.alignment.loss))
+    assert (a.token_text == "</s>").all() and a.token_id.nunique() == 1
+    eos = int(a.token_id.iloc[0])
+    assert (k.token_id == eos).all() and k.branched.all() and len(k) == len(stops) * len(set(t.tokens.config))
+    sampled = n[n.source == "sampled"].merge(t.rollouts[[*key, "correct"]], on=key)
+    assert (sampled.candidate_id == eos).all() and (sampled.success == sampled.correct.astype(float)).all()
+    assert len(n[n.source != "sampled"]) > 0  # "write one more token" is a candidate too
+    keyp = [*key, "position"]
+    merged = t.nodes.assign(w=t.nodes.student_prob * t.nodes.success).groupby(keyp).w.sum()
+    vals = t.alignment.drop_duplicates(keyp).set_index(keyp).value
+    assert (merged.loc[vals.index] - vals).abs().max() < 1e-9

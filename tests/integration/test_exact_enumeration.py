@@ -237,3 +237,84 @@ def test_cosine_intervals_cover_the_exact_cosine(tiny_world, tmp_path, top_k):
     assert 0.90 <= cov <= 0.99, (cov, rows)  # measured 0.97 at both top_k (bootstrap: 0.91 / 0.97)
     assert cov >= boot - 0.02, (cov, boot)
     assert res > 0 and wrong <= 0.1 * res, (res, wrong)
+
+
+def _stop_keys(t) -> set:
+    """(rollout_id, position T) of every rollout that ended with EOS: its stop node."""
+    return {(r.rollout_id, r.n_tokens) for r in t.rollouts.itertuples() if not r.truncated}
+
+
+def _assert_value_is_sum_p_s(t):
+    """V = sum_j p_j S_j holds from the nodes table alone (residual row included) at every node."""
+    nd = t.nodes.assign(ps=t.nodes.student_prob * t.nodes.success).groupby(["rollout_id", "position"]).ps.sum()
+    v = t.alignment.drop_duplicates(["rollout_id", "position"]).set_index(["rollout_id", "position"]).value
+    assert len(v) == len(nd) and (nd.reindex(v.index) - v).abs().max() < 1e-9
+
+
+def test_stop_node_joins_every_table(tiny_world, tmp_path):
+    """branching.eos_node: each rollout that ended with EOS has its stop decision at position T =
+    n_tokens in the tokens table (the EOS it sampled, branched), the nodes table (that EOS as the
+    sampled candidate, graded exactly: the rollout's own verdict) and the alignment table; truncated
+    rollouts have no position T; the other positions keep their rows; V = sum p S still holds."""
+    t = _run(tiny_world, tmp_path, 4, 5, rollouts=12, eos_node=True)
+    off = _run(tiny_world, tmp_path, 2, 5, rollouts=12)
+    stops = _stop_keys(t)
+    assert stops and len(stops) < len(t.rollouts)  # some finished, some cut: both kinds are checked
+    eos = 2  # </s> in the tiny world
+    correct = dict(zip(t.rollouts.rollout_id, t.rollouts.correct))
+    n_tok = dict(zip(t.rollouts.rollout_id, t.rollouts.n_tokens))
+    tok_end = t.tokens[t.tokens.position >= t.tokens.rollout_id.map(n_tok)]
+    assert set(zip(tok_end.rollout_id, tok_end.position)) == stops
+    assert (tok_end.token_id == eos).all() and tok_end.branched.all() and (tok_end.token_text == "</s>").all()
+    assert len(tok_end) == 2 * len(stops)  # one row per config
+    keys = lambda df: set(zip(df.rollout_id, df.position))  # noqa: E731
+    assert keys(t.nodes) == keys(t.alignment) and keys(t.alignment) <= keys(t.tokens[t.tokens.branched])
+    assert stops <= keys(t.alignment)
+    s = t.nodes[t.nodes.source == "sampled"].set_index(["rollout_id", "position"])
+    for rid, pos in stops:
+        row = s.loc[(rid, pos)]
+        assert row.candidate_id == eos and row.success == float(correct[rid]) and row.n > 0
+        a = t.alignment[(t.alignment.rollout_id == rid) & (t.alignment.position == pos)]
+        assert (a.token_id == eos).all() and len(a) == 2 * len(a.loss.unique())
+    _assert_value_is_sum_p_s(t)
+    # the other positions are untouched: same rollouts, same tokens rows (scored with one more input position)
+    assert t.rollouts.completion.tolist() == off.rollouts.completion.tolist()
+    inner = t.tokens[t.tokens.position < t.tokens.rollout_id.map(n_tok)].reset_index(drop=True)
+    assert len(inner) == len(off.tokens) and (off.tokens.position < off.tokens.rollout_id.map(n_tok)).all()
+    for col in ("student_logprob", "teacher_logprob", "kl_pq", "jsd"):
+        assert (inner[col] - off.tokens[col]).abs().max() < 1e-5, col
+
+
+@pytest.mark.slow  # about 40 s on 2 shared cores: M = 64, 64 rollouts against exact enumeration
+def test_stop_node_keeps_s_unbiased(tiny_world, tmp_path):
+    """At the stop node every S_k is an unbiased binomial proportion of the exact success
+    probability (z mean ~0, variance ~1 over its non-degenerate candidates: writing one more token
+    and going on), the EOS candidate is exact (the rollout's own verdict), V = sum p S holds in the
+    nodes table, and the cosines there converge to the exact ones (the oracle enumerates position T
+    with y = EOS). Default noise cuts on (common random numbers, pilot allocation)."""
+    t = _run(tiny_world, tmp_path, 64, 0, rollouts=64, top_k=6, eos_node=True)
+    exact_s: dict = {}
+    exact = _exact_rows(tiny_world, t, exact_s)
+    stops = _stop_keys(t)
+    zs, exact_hits = [], 0
+    for n in t.nodes.itertuples():
+        if (n.rollout_id, n.position) not in stops:
+            continue
+        S = exact_s[(n.rollout_id, n.position, n.candidate_id)]
+        if n.candidate_id == 2:
+            assert n.source == "sampled" and n.success == S  # stopping: the verdict, exactly
+        if S < 1e-12 or S > 1 - 1e-12:
+            assert n.success == round(S), (n, S)
+            exact_hits += 1
+        else:
+            zs.append((n.success - S) / math.sqrt(S * (1 - S) / n.n))
+    assert len(zs) > 40 and exact_hits >= len(stops)
+    mean = sum(zs) / len(zs)
+    var = sum((z - mean) ** 2 for z in zs) / (len(zs) - 1)
+    assert abs(mean) < 4 / math.sqrt(len(zs)), mean
+    assert 0.5 < var < 1.6, var
+    _assert_value_is_sum_p_s(t)
+    errs = sorted(abs(a.cos - exact[(a.rollout_id, a.position, a.config, a.loss)]) for a in t.alignment.itertuples()
+                  if (a.rollout_id, a.position) in stops and math.isfinite(a.cos)
+                  and math.isfinite(exact[(a.rollout_id, a.position, a.config, a.loss)]))
+    assert len(errs) > 50 and errs[len(errs) // 2] < 0.15  # measured: median 0.055 over 120 rows

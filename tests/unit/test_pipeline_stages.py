@@ -6,6 +6,7 @@ verdict alone, so a truncated continuation the grader liked counted as a success
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -123,3 +124,93 @@ def test_allocate_splits_the_node_budget_by_weight():
     assert allocate(10, [0.0, 0.0], [2, 2]) == [3, 3]  # no weight: an equal split
     assert allocate(4, [1.0, 1.0], [2, 2]) == [0, 0]  # nothing left
     assert allocate(9, [1.0, 0.0], [6, 1]) == [2, 0]  # never takes away, gives the rest where short
+
+
+# ----------------------------------------------------------------------------- the stop node (branching.eos_node)
+
+OTHER_EOS = 9  # a second EOS id (e.g. <|im_end|> beside <|endoftext|>)
+
+
+def _stop_rollout(eos_id, n_tokens: int = 3, truncated: bool = False) -> Rollout:
+    comp = Completion((5,) * n_tokens, truncated=truncated, ended_with_eos=not truncated, eos_id=eos_id)
+    return Rollout("q0", 0, {"id": "q0"}, "p", (1,), Outcome(True, truncated, comp, True, "", None, "ok", ""))
+
+
+def _stop_resources(sampler, **overrides) -> Resources:
+    base = {"branching.eos_node": True, "branching.selector": "every", "branching.top_k": 2, "branching.residual": False,
+            "branching.allocation": "equal", "branching.continuations": 2}
+    res = _resources(sampler, **{**base, **overrides})
+    return dataclasses.replace(res, eos_ids=(EOS, OTHER_EOS))
+
+
+def test_node_tokens_add_the_eos_the_rollout_sampled():
+    from gradalign.pipeline.rollouts import node_tokens
+
+    res = _stop_resources(_Sampler())
+    assert node_tokens(res, _stop_rollout(OTHER_EOS)) == (5, 5, 5, OTHER_EOS)  # the one sampled, of several
+    assert node_tokens(res, _stop_rollout(None)) == (5, 5, 5, EOS)  # a backend that does not say: the first EOS id
+    assert node_tokens(res, _stop_rollout(None, truncated=True)) == (5, 5, 5)  # cut: no stop was decided
+    off = _stop_resources(_Sampler(), **{"branching.eos_node": False})
+    assert node_tokens(off, _stop_rollout(OTHER_EOS)) == (5, 5, 5)
+    plans = select_nodes(res, [_stop_rollout(OTHER_EOS), _stop_rollout(None, truncated=True)])
+    assert plans[0].positions == (0, 1, 2, 3) and plans[1].positions == (0, 1, 2)
+    assert select_nodes(off, [_stop_rollout(OTHER_EOS)])[0].positions == (0, 1, 2)
+
+
+def test_stop_node_candidates_and_continuations():
+    """At the stop node the sampled candidate is the EOS the rollout ended with, then the top-k; every
+    EOS candidate is the finished completion (graded, never sampled), any other token writes on from
+    the whole completion with allowance max_new_tokens - T - 1."""
+    import torch
+
+    from gradalign.pipeline import NodeDists, plan_branches, run_branches
+
+    sampler = _Sampler(truncate=True)
+    res = _stop_resources(sampler)
+    r = _stop_rollout(OTHER_EOS)
+    plan = select_nodes(res, [r])[0]
+    p = torch.full((10,), 0.02, dtype=torch.float64)
+    p[5], p[EOS], p[OTHER_EOS] = 0.5, 0.25, 0.09  # the student's top-2 at the stop: 5 then the other EOS id
+    lp = p.log().expand(len(plan.nodes), 10)
+    br = plan_branches(res, [r], [plan], {("q0", 0): NodeDists(lp, {})})
+    stop = br[-1]
+    assert stop.position == 3
+    assert [(c.token_id, c.source) for c in stop.candidates] == [(OTHER_EOS, "sampled"), (5, "student_topk"),
+                                                                 (EOS, "student_topk")]
+    out = run_branches(res, [stop])
+    assert [c[0] for c in sampler.calls[0][0]] == [1, 1]  # two continuations sampled, both for token 5
+    assert all(tuple(h[1:]) == (5, 5, 5, 5) for h in sampler.calls[0][0]) and sampler.calls[0][2] == [6 - 4] * 2
+    assert out.continuations == 2
+    assert out.successes(0, 0) == [True, True] and out.successes(0, 2) == [True, True]  # stopping: the verdict
+    assert out.successes(0, 1) == [False, False]  # writing on past the cap: truncated
+
+
+def test_pilot_allocation_gives_eos_candidates_only_the_floor():
+    """An EOS candidate is exact after one grading (nothing is sampled), so pilot allocation spends
+    the node's budget on the candidates that write on, whatever their p (here the EOS holds most)."""
+    import torch
+
+    from gradalign.pipeline import NodeDists, plan_branches, run_branches
+
+    res = _stop_resources(_Sampler(truncate=False), **{"branching.allocation": "pilot", "branching.allocation_floor": 1,
+                                                       "branching.top_k": 3})
+    r = _stop_rollout(OTHER_EOS)
+    plan = select_nodes(res, [r])[0]
+    p = torch.full((10,), 0.001, dtype=torch.float64)
+    p[OTHER_EOS], p[5], p[EOS] = 0.9, 0.05, 0.04
+    br = plan_branches(res, [r], [plan], {("q0", 0): NodeDists(p.log().expand(len(plan.nodes), 10), {})})[-1:]
+    assert [c.token_id for c in br[0].candidates] == [OTHER_EOS, 5, EOS]
+    out = run_branches(res, br)
+    assert [len(out.outcomes[(0, k)]) for k in range(3)] == [1, 4, 1]  # 3 slots x M = 6: the floor each, the rest to 5
+
+
+def test_refine_with_the_stop_node_queries_the_whole_completion():
+    """refine with the stop node: V(T) is estimated from continuations of the whole completion (the
+    stop drawn afresh), and the free pseudo-node is T + 1, the rollout's own verdict."""
+    sampler = _Sampler(truncate=False)
+    res = _stop_resources(sampler, **{"branching.selector": "refine", "branching.value_continuations": 2})
+    plan = select_nodes(res, [_stop_rollout(OTHER_EOS)])[0]
+    q = {x.position: x for x in plan.queries}
+    assert q[4].n == 1 and q[3].n == 2  # T + 1: the outcome; T: two continuations
+    heads = [tuple(p) for call in sampler.calls for p in call[0]]
+    assert heads.count((1, 5, 5, 5)) == 2 and max(len(h) for h in heads) == 4  # nothing queried past the stop

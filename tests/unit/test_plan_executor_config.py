@@ -99,3 +99,19 @@ def test_max_tokens_refusal(demo):
     check_max_tokens(plan, int(plan.tokens))  # at the limit: allowed
     with pytest.raises(PlanTooCostly, match="over --max-tokens"):
         check_max_tokens(plan, int(plan.tokens) - 1)
+
+
+def test_plan_prices_the_stop_node(demo):
+    """branching.eos_node: a rollout shorter than the cap ended with EOS, so the plan places the
+    selector over T + 1 positions (the stop priced at 1 token per continuation under T - t); at the
+    cap the rollout was cut and has no stop node."""
+    T, R = 36, 6 * 4
+    cfg = apply_overrides(demo, {"branching.eos_node": True, "branching.selector": "every"})
+    per_node = slots_per_node(cfg.branching, len(cfg.teachers)) * cfg.branching.continuations
+    plan = plan_run(cfg, mean_tokens=T)
+    assert plan.nodes == R * (T + 1)
+    assert plan.stage("branches").tokens == R * per_node * (sum(T - t for t in range(T)) + 1)
+    off = plan_run(apply_overrides(demo, {"branching.selector": "every"}), mean_tokens=T)
+    assert off.nodes == R * T
+    cap = cfg.sampling.max_new_tokens
+    assert plan_run(cfg).nodes == R * cap  # rollouts assumed cut at the cap: no stop decision

@@ -130,10 +130,10 @@ def test_eos_ids_union_tokenizer_generation_config_and_extra():
 def test_hf_cut_stops_at_the_first_of_any_eos_id():
     assert cut_at_eos([4, 5, 9, 6, 2], (2, 9)) == cut_at_eos([4, 5, 9], (2, 9))
     c = cut_at_eos([4, 5, 9, 6, 2], (2, 9))
-    assert (c.token_ids, c.truncated, c.ended_with_eos) == ((4, 5), False, True)
+    assert (c.token_ids, c.truncated, c.ended_with_eos, c.eos_id) == ((4, 5), False, True, 9)  # which EOS: the stop node's token
     c = cut_at_eos([4, 5, 6], (2, 9))
-    assert (c.token_ids, c.truncated, c.ended_with_eos) == ((4, 5, 6), True, False)
-    assert cut_at_eos([2], (2,)).token_ids == ()
+    assert (c.token_ids, c.truncated, c.ended_with_eos, c.eos_id) == ((4, 5, 6), True, False, None)
+    assert cut_at_eos([2], (2,)).token_ids == () and cut_at_eos([2], (2,)).eos_id == 2
 
 
 def test_vllm_requests_stop_on_every_eos_id_and_outputs_drop_any_of_them():
@@ -141,9 +141,12 @@ def test_vllm_requests_stop_on_every_eos_id_and_outputs_drop_any_of_them():
     assert kw["stop_token_ids"] == [2, 9] and kw["max_tokens"] == 10 and kw["ignore_eos"] is False
     assert kw["top_k"] == -1 and kw["temperature"] == 0.7 and 0 <= kw["seed"] < 2**31
     c = completion_of([4, 5, 9], "stop", (2, 9))
-    assert (c.token_ids, c.truncated, c.ended_with_eos) == ((4, 5), False, True)
+    assert (c.token_ids, c.truncated, c.ended_with_eos, c.eos_id) == ((4, 5), False, True, 9)
+    c = completion_of([4, 5], "stop", (2, 9), stop_reason=9)  # a stop token left out of the output: vLLM's stop_reason says which
+    assert (c.token_ids, c.ended_with_eos, c.eos_id) == ((4, 5), True, 9)
+    assert completion_of([4, 5], "stop", (2, 9), stop_reason="\n\n").eos_id is None  # a stop string is no EOS id
     c = completion_of([4, 5, 6], "length", (2, 9))
-    assert (c.token_ids, c.truncated, c.ended_with_eos) == ((4, 5, 6), True, False)
+    assert (c.token_ids, c.truncated, c.ended_with_eos, c.eos_id) == ((4, 5, 6), True, False, None)
     try:  # the real constructor accepts them, where vLLM is installed (CI's CPU vLLM venv)
         from vllm import SamplingParams as VSamplingParams
     except ImportError:

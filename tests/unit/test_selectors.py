@@ -366,3 +366,73 @@ def test_selectors_deterministic_and_lockstep():
                                    branch_continuations=2), v, 0)[0])
     assert plans == again
     assert plans[-1].nodes[0].position == T // 3
+
+
+# ----------------------------------------------------------------------------- the stop node (branching.eos_node)
+
+
+def stop_positions(kind, T, stride=None, npw=2, budget=Budget(), B=3, **kw):
+    sel = make_selector(kind, stride, n_tokens=T, budget=budget, branch_continuations=B, nodes_per_window=npw,
+                        stop_node=True, **kw)
+    return sel, list(sel.plan().positions)
+
+
+def test_stop_node_is_a_position_of_every_stride_and_logspace():
+    assert stop_positions("every", 5)[1] == [0, 1, 2, 3, 4, 5]
+    assert stop_positions("every", 0)[1] == [0]  # an empty completion: the stop at the prompt
+    sel, pos = stop_positions("stride", 10, stride=3)
+    assert pos == [0, 3, 6, 9, 10]  # the last token (T-1) stays, the stop (T) joins
+    assert [n.reason for n in sel.plan().nodes][-1] == "stride:3 (stop)"
+    assert stop_positions("stride", 8, stride=3)[1] == [0, 3, 6, 7, 8]
+    for T, k in ((1, 2), (7, 1), (20, 2), (100, 3)):
+        sel, pos = stop_positions("logspace", T, npw=k)
+        assert pos == list(logspace_positions(T + 1, k))  # the windows count back from the stop
+        assert T in pos and T - 1 in pos  # window 0 is the stop, window 1 the last token
+        assert sel.plan().nodes[-1].reason == f"logspace window [{T},{T + 1})"
+    assert positions("every", 5) == [0, 1, 2, 3, 4]  # off: unchanged
+
+
+def test_stop_node_is_priced_at_its_cap_and_admitted_first():
+    L, B = 12, 4
+    # a budget that fits exactly one node: the latest, the stop, whose continuations may write L - T - 1 tokens
+    sel, pos = stop_positions("logspace", 6, B=B, budget=Budget(max_tokens=B * (L - 6 - 1)), max_new_tokens=L)
+    assert pos == [6]
+    assert sel.plan().spent_tokens == branch_cost(6, 6, B, L).tokens == B * (L - 7)
+    sel, pos = stop_positions("every", 11, B=B, budget=Budget(max_continuations=B), max_new_tokens=L)
+    assert pos == [11] and sel.plan().spent_tokens == B  # cap 0 left: priced at the 1-token floor
+
+
+def test_stop_node_entropy_needs_a_score_there():
+    with pytest.raises(ValueError, match=r"one score per position \(4\)"):
+        make_selector("entropy", None, n_tokens=3, budget=Budget(), branch_continuations=1, refine_nodes=2,
+                      scores=[0.1, 0.2, 0.3], stop_node=True)
+    sel = make_selector("entropy", None, n_tokens=3, budget=Budget(), branch_continuations=1, refine_nodes=2,
+                        scores=[0.1, 0.9, 0.3, 1.2], stop_node=True)
+    assert sel.plan().positions == (3, 1)  # a hesitant stop ranks like any hesitant token
+
+
+def test_refine_with_the_stop_node_queries_t_and_ranks_a_decisive_stop():
+    T, L, vc = 40, 64, 4
+    # the student was at V = 0.3 before choosing to stop; stopping there was a success
+    v = step_values(T + 1, {T: 0.7}, base=0.3)
+    sel = make_selector("refine", None, n_tokens=T, budget=Budget(), branch_continuations=2, value_continuations=vc,
+                        max_new_tokens=L, stop_node=True)
+    first = sel.pending()
+    assert first[-1] == T + 1 and T in first  # the pseudo-node moved past the stop, which is queried
+    rounds = []
+    qs = first
+    while qs:
+        rounds.append(qs)
+        sel.observe({t: ValueObs(1, 1) if t == T + 1 else ValueObs(round(v(t) * N), N) for t in qs})
+        qs = sel.pending()
+    plan = sel.plan()
+    assert plan.nodes[0].position == T and plan.nodes[0].score == pytest.approx(0.7)
+    assert plan.asked == 4
+    # the query at T costs vc continuations of L - T tokens; the outcome at T + 1 costs nothing
+    q = {x.position for x in plan.queries}
+    assert T in q and T + 1 in q
+    assert query_cost(T, T, vc, L, n_positions=T + 1) == Cost(vc * (L - T), vc)
+    assert query_cost(T, T + 1, vc, L, n_positions=T + 1) == Cost(0, 0)
+    assert query_cost(T, T, vc, L) == Cost(0, 0)  # without the stop node T is the free pseudo-node
+    expected = sum(query_cost(T, p, vc, L, n_positions=T + 1).tokens for p in q)
+    assert plan.query_tokens == expected
