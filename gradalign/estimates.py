@@ -218,7 +218,8 @@ def adaptive_needed(est: SuccessEstimate, target_width: float, cap: int, z: floa
 
 def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False,
                        rule: str = "bootstrap", pooled_last: bool = False,
-                       indices: Sequence[Sequence[int]] | None = None, kappa_prior=None) -> torch.Tensor:
+                       indices: Sequence[Sequence[int]] | None = None, kappa_prior=None,
+                       exact: Sequence[int] = ()) -> torch.Tensor:
     """B seeded bootstrap replicates of a node's success vector over its slots: ``[B, K+1]`` float64.
 
     outcomes: one sequence of per-continuation successes per slot, candidates first and the
@@ -245,12 +246,26 @@ def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int,
     ``rule="hierarchical"`` draws the replicates from a posterior instead (`hierarchical_replicates`,
     which also says what ``pooled_last``, ``indices`` and ``kappa_prior`` mean, and pairs by
     continuation index).
+
+    ``exact``: slots whose rate is known without sampling noise (an EOS candidate: every
+    continuation is the finished completion graded again); under either rule their column is their
+    observed rate in every replicate, and they do not inform the hierarchical population.
     """
     if rule == "hierarchical":
-        return hierarchical_replicates(outcomes, B=B, seed=seed, pooled_last=pooled_last, paired=paired, indices=indices,
-                                       kappa_prior=kappa_prior)
-    if rule != "bootstrap":
+        out = hierarchical_replicates(outcomes, B=B, seed=seed, pooled_last=pooled_last, paired=paired, indices=indices,
+                                      kappa_prior=kappa_prior, skip=exact)
+    elif rule == "bootstrap":
+        out = _bootstrap_replicates(outcomes, B=B, seed=seed, paired=paired)
+    else:
         raise ValueError(f"rule must be one of {UNCERTAINTY_RULES}, got {rule!r}")
+    for s_ in exact:
+        n_s = len(outcomes[s_])
+        out[:, s_] = sum(bool(o) for o in outcomes[s_]) / n_s if n_s else math.nan
+    return out
+
+
+def _bootstrap_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool) -> torch.Tensor:
+    """`success_replicates`' Bayesian bootstrap rule (documented there)."""
     if B < 1:
         raise ValueError(f"B must be >= 1, got {B}")
     gen = torch.Generator().manual_seed(int(seed) % (1 << 63))
@@ -291,8 +306,9 @@ def _log_rising(x, m: int):
     return np.log(x[..., None] + np.arange(m, dtype=np.float64)).sum(-1)
 
 
-def _observed(outcomes: Sequence[Sequence[bool]], pooled_last: bool):
-    """(n [S], k [S], obs [S] bool): counts per slot and which slots enter the model."""
+def _observed(outcomes: Sequence[Sequence[bool]], pooled_last: bool, skip: Sequence[int] = ()):
+    """(n [S], k [S], obs [S] bool): counts per slot and which slots enter the model (not the pooled
+    last slot under ``pooled_last``, not the ``skip`` slots)."""
     import numpy as np
 
     n = np.array([len(o) for o in outcomes], dtype=np.int64)
@@ -300,16 +316,17 @@ def _observed(outcomes: Sequence[Sequence[bool]], pooled_last: bool):
     obs = n > 0
     if pooled_last and len(outcomes):
         obs[-1] = False
+    obs[list(skip)] = False
     return n, k, obs
 
 
-def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = False):
+def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = False, skip: Sequence[int] = ()):
     """The beta-binomial log marginal likelihood of one node's slots on the (mu, kappa) grid:
     numpy ``[100, 40]``, ``sum_s log B(mu kappa + k_s, (1 - mu) kappa + n_s - k_s) / B(mu kappa,
     (1 - mu) kappa)`` over the slots that enter the model (see `hierarchical_replicates`)."""
     import numpy as np
 
-    n, k, obs = _observed(outcomes, pooled_last)
+    n, k, obs = _observed(outcomes, pooled_last, skip)
     mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
     a, b = mu * kappa, (1 - mu) * kappa
     ll = np.zeros_like(a)
@@ -338,7 +355,7 @@ def kappa_log_prior(node_logliks: Sequence) -> "np.ndarray":
 
 def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, pooled_last: bool = False,
                             paired: bool = False, indices: Sequence[Sequence[int]] | None = None,
-                            kappa_prior=None) -> torch.Tensor:
+                            kappa_prior=None, skip: Sequence[int] = ()) -> torch.Tensor:
     """B posterior draws of a node's success vector over its slots: ``[B, K+1]`` float64 (or
     ``[B, K]`` without a residual slot), the same layout as `success_replicates`.
 
@@ -366,21 +383,22 @@ def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed:
     the slots of the tokens they were drawn for (`branching.residual_per_token`), so it does not
     enter the model, and its column is the rate of a token never drawn: a population draw
     ``Beta(mu kappa, (1 - mu) kappa)`` per replicate. Otherwise every slot (a pooled residual
-    bucket too) is one observation. A slot with n = 0 is drawn from the population. The grid
-    likelihood treats slots as independent. Deterministic in ``seed`` (a numpy ``Generator``).
+    bucket too) is one observation. A slot with n = 0 or in ``skip`` is drawn from the population
+    (`success_replicates` overwrites ``exact`` slots). The grid likelihood treats slots as
+    independent. Deterministic in ``seed`` (a numpy ``Generator``).
     """
     import numpy as np
 
     if B < 1:
         raise ValueError(f"B must be >= 1, got {B}")
     rng = np.random.default_rng(int(seed) % (1 << 63))
-    n, k, obs = _observed(outcomes, pooled_last)
+    n, k, obs = _observed(outcomes, pooled_last, skip)
     idx_of = [list(range(len(o))) for o in outcomes] if indices is None else [list(i) for i in indices]
     if len(idx_of) != len(outcomes) or any(len(i) != len(o) for i, o in zip(idx_of, outcomes)):
         raise ValueError("indices must give one continuation index per outcome of every slot")
     mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
     a, b = mu * kappa, (1 - mu) * kappa  # [mu, kappa] grids of the population's Beta parameters
-    ll = population_loglik(outcomes, pooled_last)
+    ll = population_loglik(outcomes, pooled_last, skip)
     if kappa_prior is not None:
         ll = ll + np.asarray(kappa_prior)[None]
     post = np.exp(ll - ll.max()).ravel()

@@ -24,7 +24,7 @@ from gradalign.errors import GradalignError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"  # 2: nodes.grader_errors / nodes.grader_timeouts; 3: alignment precision (cos_se, cos_low, cos_high, resolved, snr_ideal, norm2_ideal_split, residual_mass, pooling_bound) and parameter-space columns (cos_params...), cos_debiased removed
+SCHEMA_VERSION = "4"  # 4: cos_low/cos_high/cos_se/resolved from the hierarchical posterior (branching.uncertainty), rows at the stop position T (branching.eos_node); 2: nodes.grader_errors / nodes.grader_timeouts; 3: alignment precision (cos_se, cos_low, cos_high, resolved, snr_ideal, norm2_ideal_split, residual_mass, pooling_bound) and parameter-space columns (cos_params...), cos_debiased removed
 TABLES = ("rollouts", "tokens", "nodes", "alignment")  # the run tables; "weights" is written by `gradalign weights`
 
 

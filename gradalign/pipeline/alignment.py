@@ -51,6 +51,7 @@ class SlotOutcomes:
     indices: list  # [slots] continuation indices
     tokens: dict  # residual token id -> its draws' successes (the per-token slots, in order)
     pooled_last: bool
+    exact: tuple  # slots of an EOS token: the finished completion graded again, a rate without noise
 
 
 def slot_outcomes(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes) -> SlotOutcomes:
@@ -66,7 +67,10 @@ def slot_outcomes(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes)
     if br.residual_tokens:
         outs.append(outcomes.successes(bi, RESIDUAL))
         idx.append(list(range(len(outs[-1]))))
-    return SlotOutcomes(outs, idx, tok_outs, bool(tok_outs) and bool(br.residual_tokens))
+    ends = set(res.end_ids)
+    ids = [c.token_id for c in br.candidates] + list(tok_outs)
+    exact = tuple(s for s, tok in enumerate(ids) if tok in ends)
+    return SlotOutcomes(outs, idx, tok_outs, bool(tok_outs) and bool(br.residual_tokens), exact)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     slots_of = [slot_outcomes(res, br, bi, outcomes) for bi, br in enumerate(branches)]
     kappa_prior = None  # hierarchical rule: how far tokens' rates differ, learned from all of this batch's nodes
     if cfg.branching.uncertainty == "hierarchical" and branches:
-        kappa_prior = kappa_log_prior([population_loglik(so.outs, so.pooled_last) for so in slots_of])
+        kappa_prior = kappa_log_prior([population_loglik(so.outs, so.pooled_last, so.exact) for so in slots_of])
     for bi, br in enumerate(branches):
         r, t = br.rollout, br.position
         d = dists[(r.question_id, r.rollout_id)]
@@ -158,7 +162,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         reps = success_replicates(so.outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
                                   seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t),
                                   rule=cfg.branching.uncertainty, pooled_last=so.pooled_last, indices=so.indices,
-                                  kappa_prior=kappa_prior)
+                                  kappa_prior=kappa_prior, exact=so.exact)
         fill = 0.0 if rest is None else rest
         S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
         if not br.residual_tokens:

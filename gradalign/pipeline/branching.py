@@ -167,7 +167,7 @@ def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> 
     candidate weighs 0: its continuations are the finished completion graded again, so its rate is
     exact after one (at the stop node that is the sampled token, often nearly all of p)."""
     b = res.cfg.branching
-    eos = set(res.eos_ids or (res.tokenizer.eos_token_id,))
+    eos = set(res.end_ids)
     want = {}
     for bi, br in enumerate(branches):
         slots = list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])

@@ -41,6 +41,12 @@ class Resources:
     eos_ids: tuple[int, ...] = ()  # every id that ends a completion (`models.eos_token_ids`); () = the tokenizer's EOS
     param_scope: dict = field(default_factory=dict)  # manifest record of the `cos_params` parameter scope ({}: logit only)
 
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """The ids that end a completion: `eos_ids`, or the tokenizer's EOS when that is empty. A
+        continuation whose first token is one of them is the finished head, graded without sampling."""
+        return self.eos_ids or (self.tokenizer.eos_token_id,)
+
 
 def sampling_params(cfg: RunConfig) -> SamplingParams:
     """The sampler's parameters from the config's `sampling` section."""

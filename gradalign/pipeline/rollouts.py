@@ -74,7 +74,7 @@ def _sample_and_grade(res: Resources, items: Sequence[Continuation]) -> list[Out
     from gradalign.graders import GradeItem
 
     tok, L = res.tokenizer, res.cfg.sampling.max_new_tokens
-    eos = set(res.eos_ids or (tok.eos_token_id,))  # any of the student's EOS ids ends a completion
+    eos = set(res.end_ids)  # any of the student's EOS ids ends a completion
     finished = {i for i, c in enumerate(items) if c.head and c.head[-1] in eos}
     live = [i for i in range(len(items)) if i not in finished]
     comps: list[Completion] = [Completion((), truncated=False, ended_with_eos=True, eos_id=c.head[-1] if i in finished else None)
@@ -158,5 +158,5 @@ def node_tokens(res: Resources, r: Rollout) -> tuple[int, ...]:
     the stop; a truncated rollout has no position T (nothing was decided there)."""
     if not res.cfg.branching.eos_node:
         return r.token_ids
-    eos = r.stop_token(res.eos_ids or (res.tokenizer.eos_token_id,))
+    eos = r.stop_token(res.end_ids)
     return r.token_ids if eos is None else r.token_ids + (eos,)

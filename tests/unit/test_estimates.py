@@ -182,3 +182,16 @@ def test_kappa_prior_learns_how_far_tokens_differ_across_nodes():
     pooled = E.hierarchical_replicates(node, B=3000, seed=1, kappa_prior=p_equal)
     gap = lambda r: (r[:, 0] - r[:, 1]).mean().item()  # noqa: E731
     assert gap(spread) > 0.6 and gap(pooled) < gap(spread) - 0.2
+
+
+@pytest.mark.parametrize("rule", ["hierarchical", "bootstrap"])
+def test_exact_slots_are_constant_and_leave_the_population_alone(rule):
+    """An EOS candidate's continuations are the finished completion graded again: its rate is exact,
+    so every replicate holds it, and under the hierarchical rule it does not move the others."""
+    outs = [[1, 1], [1, 0, 1, 0, 0, 1], [0, 0, 1, 1]]
+    r = E.success_replicates(outs, B=500, seed=4, rule=rule, exact=[0])
+    assert (r[:, 0] == 1.0).all() and r[:, 1].std().item() > 0.01
+    if rule == "hierarchical":
+        alone = E.hierarchical_replicates(outs[1:], B=500, seed=4)
+        assert E.population_loglik(outs, skip=[0]) == pytest.approx(E.population_loglik(outs[1:]))
+        assert r[:, 1:].mean(0).tolist() == pytest.approx(alone.mean(0).tolist(), abs=0.03)
