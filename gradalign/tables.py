@@ -383,9 +383,10 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
     For large runs: `columns` {table: [column, ...]} reads only those columns of a table (others
     are absent from its DataFrame); `filters` {table: pyarrow filter} (an expression or DNF list,
     e.g. `{"tokens": [("branched", "==", True)]}`) reads only matching rows. The tokens table's
-    repetitive strings arrive as categoricals (`CATEGORICAL`), and each table is converted column by
-    column with Arrow's buffers released as it goes, so peak memory stays near the DataFrame's own
-    size (bench/bench_tokens_scale.py: a 10M-row tokens table).
+    repetitive strings arrive as categoricals (`CATEGORICAL`), each table is converted column by
+    column with Arrow's buffers released as it goes, and Arrow's pool is trimmed at the end, so what
+    stays resident after `load` is the DataFrames plus the reader's own leftovers (measured on a
+    10M-row tokens table in bench/RESULTS.md, "tokens.parquet at 10M rows").
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -409,4 +410,5 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
             raise RunIncomplete(f"{p}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")
         frames[name] = t.to_pandas(self_destruct=True, split_blocks=True)
         del t
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed read buffers: hand them back
     return Tables(manifest=manifest, **frames)
