@@ -84,10 +84,12 @@ def tip_quadrants(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5,
     th = tip_thresholds(tokens, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile, per_config=per_config)
     out = tokens.copy(deep=False)  # copy-on-write (pandas >= 3): the new columns never reach `tokens`
     out["divergence"] = _divergence_values(tokens, divergence)
-    m = out[["config"]].merge(th[["config", "entropy_threshold", "divergence_threshold"]], on="config", how="left")
-    out["high_entropy"] = out["student_entropy"].astype(float).to_numpy() > m["entropy_threshold"].to_numpy()
-    out["high_divergence"] = out["divergence"].to_numpy() > m["divergence_threshold"].to_numpy()
-    hi_h, hi_d = out["high_entropy"].to_numpy(), out["high_divergence"].to_numpy()
+    h, dv = out["student_entropy"].to_numpy(dtype=float), out["divergence"].to_numpy(dtype=float)
+    hi_h, hi_d = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)
+    for x in th.itertuples(index=False):  # one boolean mask per config, not a 10M-row merge
+        m = (out["config"] == x.config).to_numpy()
+        hi_h[m], hi_d[m] = h[m] > x.entropy_threshold, dv[m] > x.divergence_threshold
+    out["high_entropy"], out["high_divergence"] = hi_h, hi_d
     codes = np.select([hi_h & hi_d, hi_h & ~hi_d, ~hi_h & hi_d], [0, 1, 2], 3).astype(np.int8)
     out["quadrant"] = pd.Categorical.from_codes(codes, categories=list(QUADRANTS))  # 1 byte a row, not a string
     return out
