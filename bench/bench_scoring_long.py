@@ -150,8 +150,8 @@ def _markdown(rows, threads) -> str:
         f"each cell a fresh process (`python bench/bench_scoring_long.py`). Added memory = peak RSS of the scoring call "
         f"minus RSS after building the models. `after` chunks {chunk_rows(V, 256 << 20)} positions at a time "
         f"(default 256 MiB logit budget).", "",
-        "| variant | T | time s | s per 1k tokens | of which forwards | of which statistics | added peak MiB | "
-        "load (1 min) at the end |",
+        ("| variant | T | time s | s per 1k tokens | of which forwards | of which statistics | added peak MiB | "
+         "load (1 min) at the end |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

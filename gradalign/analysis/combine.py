@@ -48,7 +48,7 @@ def combine_runs(runs: Sequence, names: Sequence[str] | None = None):
             if "rollout_id" in df.columns:  # absent from a tokens table loaded without it (`load(columns=...)`)
                 df["rollout_id"] = (df["rollout_id"].astype("int64") + offset).astype("int32")
             if "config" in df.columns:
-                df["config"] = df["config"].map(lambda c: f"{name}/{c}" if seen.get(c, 0) > 1 else c)  # categories only
+                df["config"] = df["config"].map(lambda c, n=name: f"{n}/{c}" if seen.get(c, 0) > 1 else c)  # categories only
             if k == "nodes" and "source_config" in df.columns:
                 df["source_config"] = [f"{name}/{c}" if c and seen.get(c, 0) > 1 else c for c in df["source_config"]]
             df["run"] = name

@@ -20,10 +20,10 @@ from gradalign.analysis.schema import (
     TOKEN_KEY,
     AnalysisError,
     _at_nodes,
-    _distinct,
     _check_loss,
     _check_metric,
     _check_quantile,
+    _distinct,
     _require,
 )
 
@@ -75,14 +75,14 @@ def tip_quadrants(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5,
 
     Q1 = high H / high D, Q2 = high H / low D, Q3 = low H / high D (overconfident and wrong),
     Q4 = low H / low D. Adds columns divergence (the value used), high_entropy, high_divergence,
-    quadrant (a categorical of `QUADRANTS`); the token columns are shared with `tokens`, not copied.
+    quadrant (a categorical of `QUADRANTS`); the token columns are shared with `tokens`, not copied
+    (write to a copy of the result, not to the result, if `tokens` must stay as it is under pandas < 3).
     """
     import numpy as np
-
     import pandas as pd
 
     th = tip_thresholds(tokens, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile, per_config=per_config)
-    out = tokens.copy(deep=False)  # copy-on-write (pandas >= 3): the new columns never reach `tokens`
+    out = tokens.copy(deep=False)  # shares the token columns; the columns added below exist in `out` only
     out["divergence"] = _divergence_values(tokens, divergence)
     h, dv = out["student_entropy"].to_numpy(dtype=float), out["divergence"].to_numpy(dtype=float)
     hi_h, hi_d = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)

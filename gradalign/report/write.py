@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 from gradalign import analysis as A
-from gradalign.report.data import TOKEN_COLUMNS, ReportContext, report_configs, report_data, task_name
+from gradalign.report.data import (
+    TOKEN_COLUMNS,
+    ReportContext,
+    report_configs,
+    report_data,
+    task_name,
+)
 from gradalign.report.figures import write_figures
 from gradalign.report.headlines import headlines
 from gradalign.report.markdown import render_summary
