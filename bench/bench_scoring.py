@@ -1,5 +1,5 @@
-"""Benchmark 2: teacher/student scoring (`scoring.score`, keep_full=True) vs a bare batched forward
-+ log_softmax over the same sequences.
+"""Benchmark 2: teacher/student scoring (`scoring.score`) vs a bare batched forward + log_softmax over
+the same sequences.
 
 Workload: every `score` call the pipeline's scoring stage (`gradalign.pipeline.score_rollouts`)
 makes for the demo config (the student and each of the four teacher configs over groups of up to 16
@@ -9,12 +9,15 @@ the benchmark checks that they are the stage's own: the stage and the rebuilt ca
 models wrapped in `_ForwardLog` (handed in through `dataclasses.replace(res, student=..., teachers=...)`)
 and must feed the models identical forward inputs, in the same order.
 Variants, interleaved, medians over repeats:
-  score   `scoring.score(model, reqs, temperature, pad_id, keep_full=True)` for every captured call
+  score   `scoring.score(model, reqs, temperature, pad_id, vocab_size)` for every captured call: the
+          forward to final rows, then float32 LM-head chunks reduced to log p(y_t) and entropy, and
+          float64 node rows (keep_full=False: what a caller gets; the [T, V] matrix only in tests)
   bare    per captured call: right-pad the same sequences, one `model(input_ids, attention_mask)`
           forward, `log_softmax(logits.float() / temperature, -1)` over the whole padded batch
-  fwd     only the forward `score` runs (left padding, logits_to_keep), without its reductions
-  stage   the whole `score_rollouts` stage (score calls + per-token KL/JSD/cosine + token-table
-          rows), for context: what the pipeline spends around the scoring itself
+  fwd     the forward with the logits `score` needs (left padding, logits_to_keep), no reductions
+  stage   the whole `score_rollouts` stage (`forward_rows` per model, `pair_stats` per teacher:
+          both models' chunks with KL both ways, JSD and cosine, node rows, token-table columns),
+          for context: what the pipeline spends around the scoring itself
 Ratio = bare time / score time (1.0 = scoring costs what a bare forward costs; goal >= 0.8).
 """
 
@@ -39,8 +42,8 @@ def _bare(model, reqs, temperature, pad_id):
 
 
 def _forward_like_score(model, reqs, pad_id):
-    """Only the forward that `score` runs (left padding, position ids, logits_to_keep = T+1),
-    without its per-row float64 log_softmax / entropy / gather / copies: splits score's time."""
+    """The forward with the logits `score` needs (left padding, position ids, logits_to_keep = T+1),
+    without its chunked log_softmax / entropy / gather / node rows: splits score's time."""
     import torch
 
     seqs = [list(r.prefix) + list(r.completion) for r in reqs]
@@ -80,7 +83,7 @@ def _score_calls(res, rollouts, plans) -> list[tuple]:
     from gradalign.tasks import encode_prefix, prefix_options, render
 
     cfg, tok = res.cfg, res.tokenizer
-    kw = {"temperature": cfg.sampling.temperature, "pad_id": tok.pad_token_id, "keep_full": True, "vocab_size": len(tok)}
+    kw = {"temperature": cfg.sampling.temperature, "pad_id": tok.pad_token_id, "keep_full": False, "vocab_size": len(tok)}
     V = res.student.get_output_embeddings().weight.shape[0]
     t_max = max((len(r.token_ids) for r in rollouts), default=1)
     group = max(1, min(16, (512 << 20) // (8 * max(t_max, 1) * V)))
@@ -174,7 +177,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     ratio = med["bare"] / med["score"]
     rows = [
         ["bare forward + log_softmax", C.median(times["bare"]) * 1e3, n_tok / med["bare"], 1.0],
-        ["scoring.score (keep_full=True)", med["score"] * 1e3, n_tok / med["score"], ratio],
+        ["scoring.score", med["score"] * 1e3, n_tok / med["score"], ratio],
         ["score's forward alone (no reductions)", med["fwd"] * 1e3, n_tok / med["fwd"], med["bare"] / med["fwd"]],
         ["whole score_rollouts stage (context)", med["stage"] * 1e3, n_tok / med["stage"], med["bare"] / med["stage"]],
     ]
@@ -192,10 +195,11 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         f"Interpretation. `scoring.score` runs at {ratio:.2f}x a bare forward + log_softmax over the same sequences, "
         f"which {'meets' if ratio >= 0.8 else 'MISSES'} the >= 0.8 goal. Its forward alone is {med['bare'] / med['fwd']:.2f}x "
         f"the bare one (left padding with logits_to_keep computes logits only for the completion positions); the gap is "
-        f"the per-sequence reductions after it ({red * 1e3:.0f} ms of {med['score'] * 1e3:.0f} ms: a float64 log_softmax per row, "
-        f"entropy, gather and CPU copies of the [T, V] matrix that keep_full returns). The whole `score_rollouts` stage adds "
-        f"{(med['stage'] - med['score']) * 1e3:.0f} ms on top (per-token KL/JSD/cosine in float64 and the tokens table's column "
-        f"lists, one entry per token x config), so the stage as a whole runs at {med['bare'] / med['stage']:.2f}x bare."
+        f"what it does after the forward ({red * 1e3:.0f} ms of {med['score'] * 1e3:.0f} ms: the LM head applied in float32 "
+        f"chunks along T, each reduced to log p(y_t) and entropy, and float64 log-probs at the node rows). The whole "
+        f"`score_rollouts` stage adds {(med['stage'] - med['score']) * 1e3:.0f} ms on top (per teacher both models' chunks "
+        f"again for KL both ways, JSD and the distribution cosine, and the tokens table's column lists, one entry per "
+        f"token x config), so the stage as a whole runs at {med['bare'] / med['stage']:.2f}x bare."
     )
     md += ["", interp]
     headline = f"scoring.score {ratio:.2f}x bare forward+log_softmax (whole score_rollouts stage {med['bare'] / med['stage']:.2f}x)"

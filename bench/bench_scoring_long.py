@@ -14,6 +14,9 @@ added), time is wall time of the scoring call.
           [T, V] log_softmax, float32 [T, V] copies on the host), then gradients.kl/jsd/cosine on
           float64 [T, V] matrices. Run only where it fits the machine (it needs ~20 bytes x 7 x T x V).
 
+`after` also splits its time into the two forwards (the models' bodies: attention is O(T^2) there,
+not in gradalign's code) and the statistics after them (LM head chunks, divergences, node rows).
+
 Usage: python bench/bench_scoring_long.py [--lengths 512,1024,...] [--before 512,1024] [--threads 2]
 Prints a Markdown section (the one in bench/RESULTS.md, "Long-T scoring").
 """
@@ -71,13 +74,20 @@ def _before(student, teacher, req, tau=1.0, beta=0.5):
     return [G.kl(lp, lq), G.kl(lq, lp), G.jsd(lp, lq, beta), G.distribution_cosine(lp, lq)]
 
 
-def _after(student, teacher, req, tau=1.0, beta=0.5):
+def _after(student, teacher, req, tau=1.0, beta=0.5, split=None):
+    """`split`, a dict, receives the seconds of the two forwards ("forward": the models' own bodies,
+    attention included) and of everything after them ("statistics": LM head chunks, node rows)."""
     from gradalign.scoring import forward_rows, node_logp, pair_stats
 
+    t0 = time.perf_counter()
     s = forward_rows(student, [req])[0]
     t = forward_rows(teacher, [req])[0]
+    t1 = time.perf_counter()
     node_logp(s, req.nodes, tau, V), node_logp(t, req.nodes, tau, V)
-    return pair_stats(s, t, req.completion, temperature=tau, beta=beta, vocab_size=V)
+    out = pair_stats(s, t, req.completion, temperature=tau, beta=beta, vocab_size=V)
+    if split is not None:
+        split.update(forward=t1 - t0, statistics=time.perf_counter() - t1)
+    return out
 
 
 def _child(variant: str, T: int, threads: int) -> dict:
@@ -96,12 +106,16 @@ def _child(variant: str, T: int, threads: int) -> dict:
     fn(student, teacher, ScoreRequest(req.prefix, req.completion[:8], (0,)))  # warm-up (lazy inits), small
     base = _rss_now()
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    split: dict = {}
     t0 = time.perf_counter()
-    fn(student, teacher, req)
+    if variant == "before":
+        fn(student, teacher, req)
+    else:
+        fn(student, teacher, req, split=split)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"variant": variant, "T": T, "seconds": dt, "added_bytes": max(0, peak - max(base, 0)), "peak_bytes": peak,
-            "peak_before_call": peak0}
+            "peak_before_call": peak0, **split, "load_1min": os.getloadavg()[0]}
 
 
 def _rss_now() -> int:
@@ -136,16 +150,19 @@ def _markdown(rows, threads) -> str:
         f"each cell a fresh process (`python bench/bench_scoring_long.py`). Added memory = peak RSS of the scoring call "
         f"minus RSS after building the models. `after` chunks {chunk_rows(V, 256 << 20)} positions at a time "
         f"(default 256 MiB logit budget).", "",
-        "| variant | T | time s | ms per 1k tokens | added peak MiB | MiB per 1k tokens |",
-        "|---|---|---|---|---|---|",
+        ("| variant | T | time s | s per 1k tokens | of which forwards | of which statistics | added peak MiB | "
+         "load (1 min) at the end |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['T']} | failed: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['variant']} | {r['T']} | failed: {r['error'][:80]} | | | | | |")
             continue
         k = r["T"] / 1000
-        lines.append(f"| {r['variant']} | {r['T']} | {r['seconds']:.2f} | {1000 * r['seconds'] / k:.0f} | "
-                     f"{r['added_bytes'] / mib:.0f} | {r['added_bytes'] / mib / k:.1f} |")
+        f = f"{r['forward'] / k:.2f}" if "forward" in r else ""
+        st = f"{r['statistics'] / k:.2f}" if "statistics" in r else ""
+        lines.append(f"| {r['variant']} | {r['T']} | {r['seconds']:.2f} | {r['seconds'] / k:.2f} | {f} | {st} | "
+                     f"{r['added_bytes'] / mib:.0f} | {r.get('load_1min', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,9 @@
 """Benchmark: reading, analysing and reporting a run whose tokens.parquet has 10M rows.
 
-Variants: `old` reads every table whole with `pq.read_table(p).to_pandas()` (what `tables.load`
-did before: object/str columns, Arrow and pandas copies alive together); `new` is `tables.load`.
+Readers: `old` reads every table whole with `pq.read_table(p).to_pandas()` (what `tables.load`
+did before: object/str columns, Arrow and pandas copies alive together); `new` is `tables.load`
+(every column); `report` is `report.write.load_run`, what `gradalign report` reads (the tokens
+columns of `report.data.TOKEN_COLUMNS`).
 Builds a run folder once: the demo (`data/configs/demo.toml` cut to 2 questions x 2 rollouts, 4
 configs) diagnosed for real, then its tokens table tiled with shifted rollout ids up to `--rows` rows (written in row
 groups with the run's schema metadata; the other tables stay the real ones, so joins find the real
@@ -9,7 +11,7 @@ rows and the rest only adds volume, as a long run would). Then, each in a fresh 
 and wall time of: `tables.load` (everything), `gradalign.report.report_data` on it, and the CLI
 `gradalign report RUN --out DIR` (the whole report with figures).
 
-Usage: python bench/bench_tokens_scale.py [--rows 10000000] [--dir /tmp/gradalign-10m]
+Usage: python bench/bench_tokens_scale.py [--rows 10000000] [--dir /tmp/gradalign-10m] [--steps load:new,...]
 """
 
 from __future__ import annotations
@@ -63,11 +65,15 @@ def _old_load(run: str):
     return Tables(manifest=read_manifest(run), **{n: pq.read_table(Path(run) / f"{n}.parquet").to_pandas() for n in TABLES})
 
 
+READERS = {"old": "pq.read_table().to_pandas()", "new": "tables.load", "report": "report.write.load_run: the report's tokens columns"}
+
+
 def _child(what: str, run: str, out: str) -> dict:
+    from gradalign.report.write import load_run
     from gradalign.tables import load
 
     step, _, variant = what.partition(":")
-    reader = _old_load if variant == "old" else load
+    reader = {"old": _old_load, "new": load, "report": load_run}[variant]
     t0 = time.perf_counter()
     t = reader(run)
     n = len(t.tokens)
@@ -77,13 +83,13 @@ def _child(what: str, run: str, out: str) -> dict:
         report_data(t)
     elif step != "load":
         raise SystemExit(what)
-    return {"what": f"{step} ({'pq.read_table().to_pandas()' if variant == 'old' else 'tables.load'})", "rows": n,
+    return {"what": f"{step} ({READERS[variant]})", "rows": n,
             "seconds": time.perf_counter() - t0, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def measure(run: Path, out: Path) -> list[dict]:
+def measure(run: Path, out: Path, steps) -> list[dict]:
     res = []
-    for what in ("load:old", "load:new", "report_data:old", "report_data:new"):
+    for what in steps:
         p = subprocess.run([sys.executable, __file__, "--child", what, "--dir", str(run.parent)], capture_output=True, text=True)
         if p.returncode != 0:
             res.append({"what": what, "seconds": float("nan"), "peak_rss": 0, "error": p.stderr.strip()[-300:]})
@@ -94,7 +100,7 @@ def measure(run: Path, out: Path) -> list[dict]:
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(p.stderr[-2000:])
-    res.append({"what": "gradalign report RUN (CLI, tables.load)", "seconds": time.perf_counter() - t0,
+    res.append({"what": "gradalign report RUN (CLI: everything, figures and HTML)", "seconds": time.perf_counter() - t0,
                 "peak_rss": int(p.stderr.strip().splitlines()[-1]) * 1024})
     return res
 
@@ -104,6 +110,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--dir", default="/tmp/gradalign-10m")
     ap.add_argument("--child")
+    ap.add_argument("--steps", default="load:old,load:new,report_data:new,report_data:report",
+                    help="child steps, STEP:READER (STEP load | report_data; READER old | new | report); the CLI report always runs")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if a.child:
@@ -117,7 +125,7 @@ def main() -> None:
     size = (run / "tokens.parquet").stat().st_size
     print(f"tokens.parquet: {n:,} rows, {size / 2**20:.0f} MiB on disk")
     print("| step | seconds | peak RSS MiB |\n|---|---|---|")
-    for r in measure(run, Path(a.dir) / "report"):
+    for r in measure(run, Path(a.dir) / "report", a.steps.split(",")):
         print(f"| {r['what']} | {r['seconds']:.1f} | {r['peak_rss'] / 2**20:.0f} | {r.get('error', '')}")
 
 

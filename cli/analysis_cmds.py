@@ -24,11 +24,11 @@ def _check_dirs(run_dirs: List[Path]) -> None:
             raise GradalignError(f"{d}: not a folder (expected a run folder written by `gradalign diagnose`)")
 
 
-def _load_combined(run_dirs: List[Path]):
+def _load_combined(run_dirs: List[Path], columns=None):
     from gradalign.analysis import combine_runs
     from gradalign.tables import load
 
-    runs = [load(d) for d in run_dirs]
+    runs = [load(d, columns=columns) for d in run_dirs]
     return combine_runs(runs, [d.name for d in run_dirs]) if len(runs) > 1 else runs[0]
 
 
@@ -94,7 +94,7 @@ def compare(
     _check_dirs(run_dirs)
     from gradalign.analysis import rank_configs, resolved_counts
 
-    t = _load_combined(run_dirs)
+    t = _load_combined(run_dirs, columns={"tokens": []})  # the ranking reads alignment and rollouts only
     r = rank_configs(t.alignment, metric=metric, n_boot=n_boot, seed=seed)
     rc = resolved_counts(t.alignment)[["config", "loss", "rows", "resolved"]].rename(columns={"rows": "resolved_of"})
     r = r.merge(rc, on=["config", "loss"], how="left")
@@ -151,14 +151,19 @@ def weights(
         raise GradalignError(f"{run_dir}: not a folder (expected a run folder written by `gradalign diagnose`)")
     import json
 
-    from gradalign.analysis import parse_rule, token_weights
+    from gradalign.analysis import DIVERGENCES, parse_rule, token_weights
     from gradalign.runfolder import check_writable
     from gradalign.tables import COLUMNS, load, write_table
 
     rules = [parse_rule(r) for r in rule]
     path = out or run_dir / f"weights-{config}.parquet"
     check_writable(path, kind="file")  # before reading the run
-    t = load(run_dir)
+    # one config's rows and the columns the rules read (a 10M-row table is never held whole)
+    cols = {"tokens": ["question_id", "rollout_id", "position", "config", "token_id", "token_text", "student_logprob",
+                       "teacher_logprob", "student_entropy", *([divergence] if divergence in DIVERGENCES else [])]}
+    t = load(run_dir, columns=cols, filters={"tokens": [("config", "==", config)]})
+    if t.tokens.empty:  # unknown config (or a config without tokens): let token_weights name the run's configs
+        t = load(run_dir, columns={"tokens": ["config"]})
     w = token_weights(t.tokens, t.alignment, config=config, rules=rules, loss=loss, metric=metric, divergence=divergence,
                       h_quantile=h_quantile, d_quantile=d_quantile, min_freq=rock_min_freq, drop_top=rock_drop_top, top_n=rock_top)
     params = w.attrs.get("gradalign_weights", {})

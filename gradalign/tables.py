@@ -378,6 +378,36 @@ CATEGORICAL = {"tokens": ("question_id", "config", "token_text")}
 10M-row tokens table repeats a few configs, questions and token strings millions of times."""
 
 
+def _check_version(path: Path, schema) -> None:
+    version = (schema.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
+    if version != SCHEMA_VERSION:
+        raise RunIncomplete(f"{path}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")
+
+
+def _read_by_column(path: Path, cols: list[str] | None, cats: list[str]):
+    """One Parquet file into a DataFrame one column at a time (footer parsed once), each column's
+    Arrow buffers freed and handed back before the next is read: the peak is the DataFrame plus
+    one column, where a whole-table read holds every column's decoded pages at once (on a 10M-row
+    tokens table of 14,793 row groups: 859 vs 1,860 MiB peak RSS, bench/RESULTS.md)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path, read_dictionary=cats or None)
+    _check_version(path, f.schema_arrow)
+    names = f.schema_arrow.names if cols is None else cols
+    missing = [c for c in names if c not in f.schema_arrow.names]
+    if missing:
+        raise GradalignError(f"{path}: no column(s) {', '.join(missing)}; columns: {', '.join(f.schema_arrow.names)}")
+    out = {}
+    for c in names:
+        t = f.read(columns=[c], use_threads=False)
+        out[c] = t.to_pandas(self_destruct=True, split_blocks=True)[c]
+        del t
+        pa.default_memory_pool().release_unused()
+    return pd.DataFrame(out, copy=False) if out else pd.DataFrame(index=pd.RangeIndex(f.metadata.num_rows))
+
+
 def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
          columns: Mapping[str, Sequence[str]] | None = None, filters: Mapping[str, Any] | None = None) -> Tables:
     """Read a run folder into DataFrames. Raises RunIncomplete if the manifest is missing.
@@ -385,10 +415,11 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
     For large runs: `columns` {table: [column, ...]} reads only those columns of a table (others
     are absent from its DataFrame); `filters` {table: pyarrow filter} (an expression or DNF list,
     e.g. `{"tokens": [("branched", "==", True)]}`) reads only matching rows. The tokens table's
-    repetitive strings arrive as categoricals (`CATEGORICAL`), and each table is converted column by
-    column with Arrow's buffers released as it goes, so peak memory stays near the DataFrame's own
-    size (bench/bench_tokens_scale.py: a 10M-row tokens table).
-    """
+    repetitive strings arrive as categoricals (`CATEGORICAL`). Without a filter a table is read one
+    column at a time (`_read_by_column`), so the peak is about the DataFrame plus one column; with a
+    filter, whole through pyarrow's dataset reader (then converted column by column with Arrow's
+    buffers released as it goes). Measured on a 10M-row tokens table in bench/RESULTS.md,
+    "tokens.parquet at 10M rows"."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -402,13 +433,15 @@ def load(run_dir: str | os.PathLike, *, allow_incomplete: bool = False,
         cols = None if columns is None or name not in columns else list(columns[name])
         cats = [c for c in CATEGORICAL.get(name, ()) if cols is None or c in cols]
         try:
-            t = pq.read_table(p, columns=cols, filters=(filters or {}).get(name), read_dictionary=cats or None)
+            if (filters or {}).get(name) is None:
+                frames[name] = _read_by_column(p, cols, cats)
+                continue
+            t = pq.read_table(p, columns=cols, filters=filters[name], read_dictionary=cats or None)
         except (pa.ArrowInvalid, OSError) as e:
             raise RunIncomplete(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]}); "
                                 "rerun `gradalign diagnose ... --resume` to rewrite it") from None
-        version = (t.schema.metadata or {}).get(b"gradalign.schema_version", b"?").decode()
-        if version != SCHEMA_VERSION:
-            raise RunIncomplete(f"{p}: schema version {version}, this gradalign reads {SCHEMA_VERSION}")
+        _check_version(p, t.schema)
         frames[name] = t.to_pandas(self_destruct=True, split_blocks=True)
         del t
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed read buffers: hand them back
     return Tables(manifest=manifest, **frames)

@@ -62,6 +62,7 @@ from gradalign.analysis.schema import (
 )
 from gradalign.analysis.schema import _check_loss as _check_loss  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.schema import _check_metric as _check_metric  # private, re-exported: gradalign.report uses it
+from gradalign.analysis.schema import _distinct as _distinct  # private, re-exported: gradalign.report uses it
 from gradalign.analysis.separation import (
     Separation,
     disagreement_nodes,

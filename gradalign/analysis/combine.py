@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from gradalign.analysis.schema import AnalysisError
+from gradalign.analysis.schema import AnalysisError, _distinct
 
 
 def combine_runs(runs: Sequence, names: Sequence[str] | None = None):
@@ -19,7 +19,8 @@ def combine_runs(runs: Sequence, names: Sequence[str] | None = None):
 
     Rollout ids are offset per run so (question_id, rollout_id) stays unique; each table gets a
     `run` column. A config name used by more than one run is relabelled `run/config` so configs of
-    different runs never merge. The manifest becomes {"runs": [manifest, ...]}.
+    different runs never merge. The manifest becomes {"runs": [manifest, ...]}. Tables read with a
+    column selection (`load(columns=...)`, e.g. a tokens table with no columns) combine as they are.
     """
     import pandas as pd
 
@@ -37,16 +38,17 @@ def combine_runs(runs: Sequence, names: Sequence[str] | None = None):
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     seen: dict[str, int] = {}
     for r in runs:
-        for c in set(r.tokens["config"]) | set(r.alignment["config"]):
+        for c in (_distinct(r.tokens["config"]) if "config" in r.tokens.columns else set()) | _distinct(r.alignment["config"]):
             seen[c] = seen.get(c, 0) + 1
     frames: dict[str, list] = {k: [] for k in ("rollouts", "tokens", "nodes", "alignment")}
     offset = 0
     for r, name in zip(runs, names):
         for k in frames:
             df = getattr(r, k).copy()
-            df["rollout_id"] = (df["rollout_id"].astype("int64") + offset).astype("int32")
+            if "rollout_id" in df.columns:  # absent from a tokens table loaded without it (`load(columns=...)`)
+                df["rollout_id"] = (df["rollout_id"].astype("int64") + offset).astype("int32")
             if "config" in df.columns:
-                df["config"] = [f"{name}/{c}" if seen.get(c, 0) > 1 else c for c in df["config"]]
+                df["config"] = df["config"].map(lambda c, n=name: f"{n}/{c}" if seen.get(c, 0) > 1 else c)  # categories only
             if k == "nodes" and "source_config" in df.columns:
                 df["source_config"] = [f"{name}/{c}" if c and seen.get(c, 0) > 1 else c for c in df["source_config"]]
             df["run"] = name

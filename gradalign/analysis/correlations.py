@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from gradalign.analysis.schema import DIVERGENCES, TOKEN_KEY, AnalysisError, _check_metric, _require
+from gradalign.analysis.schema import DIVERGENCES, TOKEN_KEY, AnalysisError, _at_nodes, _check_metric, _require
 from gradalign.analysis.stats import spearman
 
 
@@ -23,7 +23,7 @@ def join_tokens(alignment, tokens, columns: Sequence[str] = ("student_logprob", 
     """Alignment rows with the tokens-table statistics of the same node and config."""
     cols = [c for c in columns if c not in alignment.columns or c in TOKEN_KEY]
     _require(tokens, [*TOKEN_KEY, *cols], "tokens")
-    t = tokens[[*TOKEN_KEY, *cols]].drop_duplicates(TOKEN_KEY)
+    t = _at_nodes(tokens, alignment)[[*TOKEN_KEY, *cols]].drop_duplicates(TOKEN_KEY)
     return alignment.merge(t, on=TOKEN_KEY, how="left")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from gradalign.analysis.schema import TOKEN_KEY, AnalysisError, _check_metric, _require, default_loss
+from gradalign.analysis.schema import TOKEN_KEY, AnalysisError, _at_nodes, _check_metric, _distinct, _require, default_loss
 
 
 def token_loss(tokens):
@@ -54,7 +54,8 @@ def opd_norm_check(tokens, alignment):
     cols = ["config", "n", "median_ratio", "min_ratio", "max_ratio"]
     if a.empty:
         return pd.DataFrame(columns=cols)
-    t = tokens.assign(norm_est=opd_norm_estimate(tokens))[[*TOKEN_KEY, "norm_est"]]
+    t = _at_nodes(tokens, a)
+    t = t[TOKEN_KEY].assign(norm_est=opd_norm_estimate(t))
     j = a.merge(t, on=TOKEN_KEY, how="inner")
     j["ratio"] = j["norm_est"] / j["norm_distill"]
     g = j.groupby("config")["ratio"]
@@ -108,6 +109,7 @@ def rock_summary(tokens, alignment, rocks, *, metric: str = "cos", loss: str | N
     (`stats.ratio_interval`, `n_boot` replicates, seeded).
     `loss` None or absent from the run falls back to `default_loss`.
     """
+    import numpy as np
     import pandas as pd
 
     from gradalign.analysis.stats import ratio_interval
@@ -116,13 +118,16 @@ def rock_summary(tokens, alignment, rocks, *, metric: str = "cos", loss: str | N
     if loss is None or loss not in set(alignment["loss"]):
         loss = default_loss(alignment)
     rock_keys = set(zip(rocks["config"], rocks["token_id"]))
-    t = tokens[[*TOKEN_KEY, "token_id", "kl_pq"]].copy()
-    t["rock"] = [k in rock_keys for k in zip(t["config"], t["token_id"])]
-    t["norm_est"] = opd_norm_estimate(tokens)
-    a = alignment[alignment["loss"] == loss].merge(t[[*TOKEN_KEY, "rock"]], on=TOKEN_KEY, how="left")
+    t = tokens[[*TOKEN_KEY, "kl_pq"]]
+    rock = np.zeros(len(t), dtype=bool)
+    for c, ids in rocks.groupby("config", observed=True)["token_id"]:
+        rock |= (tokens["config"] == c).to_numpy() & tokens["token_id"].isin(ids.unique()).to_numpy()
+    t = t.assign(rock=rock, norm_est=opd_norm_estimate(tokens))
+    a = alignment[alignment["loss"] == loss]
+    a = a.merge(_at_nodes(t, a)[[*TOKEN_KEY, "rock"]], on=TOKEN_KEY, how="left")
     a["rock"] = a["rock"].fillna(False).astype(bool)
     rows = []
-    for config in sorted(set(tokens["config"])):
+    for config in sorted(_distinct(tokens["config"])):
         tc, ac = t[t["config"] == config], a[a["config"] == config]
         r, ar = tc["rock"], ac["rock"]
 

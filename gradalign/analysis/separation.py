@@ -92,7 +92,8 @@ def tie_partner(alignment, ranking, loss: str, *, metric: str = "cos", n_boot: i
 
 def _contexts(tokens, config: str, keys, context_chars: int) -> dict:
     """(question_id, rollout_id, position) -> the completion text before that position (last chars)."""
-    t = tokens[tokens["config"] == config].merge(keys, on=["question_id", "rollout_id"])
+    near = (tokens["config"] == config).to_numpy() & tokens["rollout_id"].isin(keys["rollout_id"]).to_numpy()
+    t = tokens.loc[near, ["question_id", "rollout_id", "position", "token_text"]].merge(keys, on=["question_id", "rollout_id"])
     out = {}
     for (qid, rid), g in t.sort_values(["question_id", "rollout_id", "position"]).groupby(["question_id", "rollout_id"]):
         toks, pos = g["token_text"].astype(str).tolist(), g["position"].tolist()
@@ -110,8 +111,8 @@ def teacher_disagreements(tokens, a: str, b: str, *, top: int = 10, min_log_rati
     key = ["question_id", "rollout_id", "position"]
     _require(tokens, [*key, "config", "token_text", "teacher_logprob", "branched"], "tokens")
     cols = [*key, "token_text", "context", "q_a", "q_b", "branched"]
-    x = tokens[tokens["config"] == a][[*key, "token_text", "teacher_logprob", "branched"]]
-    y = tokens[tokens["config"] == b][[*key, "teacher_logprob"]]
+    x = tokens.loc[(tokens["config"] == a).to_numpy(), [*key, "token_text", "teacher_logprob", "branched"]]
+    y = tokens.loc[(tokens["config"] == b).to_numpy(), [*key, "teacher_logprob"]]
     j = x.merge(y, on=key, suffixes=("_a", "_b"))
     if j.empty:
         return pd.DataFrame(columns=cols)
@@ -147,7 +148,8 @@ def disagreement_nodes(alignment, tokens, a: str, b: str, loss: str, *, metric: 
         return pd.DataFrame(columns=cols)
     p = p.reindex(p["gap"].abs().sort_values(ascending=False, kind="stable").index)
     rollouts = p[["question_id", "rollout_id"]].drop_duplicates()
-    t = tokens[tokens["config"].isin([a, b])].merge(rollouts, on=["question_id", "rollout_id"])
+    near = tokens["config"].isin([a, b]).to_numpy() & tokens["rollout_id"].isin(rollouts["rollout_id"]).to_numpy()
+    t = tokens.loc[near, [*key, "config", "token_text", "teacher_logprob"]].merge(rollouts, on=["question_id", "rollout_id"])
     q = t.pivot_table(index=key, columns="config", values="teacher_logprob", aggfunc="first")
     p = p.merge(np.exp(q[[a, b]]).rename(columns={a: "q_a", b: "q_b"}).reset_index(), on=key, how="left")
     text = t[t["config"] == a].sort_values(key)

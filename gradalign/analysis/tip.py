@@ -19,9 +19,11 @@ from gradalign.analysis.schema import (
     DIVERGENCES,
     TOKEN_KEY,
     AnalysisError,
+    _at_nodes,
     _check_loss,
     _check_metric,
     _check_quantile,
+    _distinct,
     _require,
 )
 
@@ -56,7 +58,7 @@ def tip_thresholds(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5
     _check_quantile(d_quantile, "d_quantile")
     dv = _divergence_values(tokens, divergence)
     h = tokens["student_entropy"].astype(float)
-    configs = sorted(set(tokens["config"]))
+    configs = sorted(_distinct(tokens["config"]))
     rows = []
     for c in configs:
         mask = (tokens["config"] == c) if per_config else slice(None)
@@ -73,18 +75,23 @@ def tip_quadrants(tokens, *, divergence: str = "kl_pq", h_quantile: float = 0.5,
 
     Q1 = high H / high D, Q2 = high H / low D, Q3 = low H / high D (overconfident and wrong),
     Q4 = low H / low D. Adds columns divergence (the value used), high_entropy, high_divergence,
-    quadrant.
+    quadrant (a categorical of `QUADRANTS`); the token columns are shared with `tokens`, not copied
+    (write to a copy of the result, not to the result, if `tokens` must stay as it is under pandas < 3).
     """
     import numpy as np
+    import pandas as pd
 
     th = tip_thresholds(tokens, divergence=divergence, h_quantile=h_quantile, d_quantile=d_quantile, per_config=per_config)
-    out = tokens.copy()
+    out = tokens.copy(deep=False)  # shares the token columns; the columns added below exist in `out` only
     out["divergence"] = _divergence_values(tokens, divergence)
-    m = out[["config"]].merge(th[["config", "entropy_threshold", "divergence_threshold"]], on="config", how="left")
-    out["high_entropy"] = out["student_entropy"].astype(float).to_numpy() > m["entropy_threshold"].to_numpy()
-    out["high_divergence"] = out["divergence"].to_numpy() > m["divergence_threshold"].to_numpy()
-    hi_h, hi_d = out["high_entropy"].to_numpy(), out["high_divergence"].to_numpy()
-    out["quadrant"] = np.select([hi_h & hi_d, hi_h & ~hi_d, ~hi_h & hi_d], ["Q1", "Q2", "Q3"], "Q4")
+    h, dv = out["student_entropy"].to_numpy(dtype=float), out["divergence"].to_numpy(dtype=float)
+    hi_h, hi_d = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)
+    for x in th.itertuples(index=False):  # one boolean mask per config, not a 10M-row merge
+        m = (out["config"] == x.config).to_numpy()
+        hi_h[m], hi_d[m] = h[m] > x.entropy_threshold, dv[m] > x.divergence_threshold
+    out["high_entropy"], out["high_divergence"] = hi_h, hi_d
+    codes = np.select([hi_h & hi_d, hi_h & ~hi_d, ~hi_h & hi_d], [0, 1, 2], 3).astype(np.int8)
+    out["quadrant"] = pd.Categorical.from_codes(codes, categories=list(QUADRANTS))  # 1 byte a row, not a string
     return out
 
 
@@ -112,7 +119,9 @@ def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: s
     tok = qt.groupby(["config", "quadrant"]).agg(n_tokens=("quadrant", "size"), mean_entropy=("student_entropy", "mean"),
                                                 mean_divergence=("divergence", "mean"))
     total = qt.groupby("config").size()
-    j = a.merge(qt[[*TOKEN_KEY, "quadrant"]].drop_duplicates(TOKEN_KEY), on=TOKEN_KEY, how="inner").dropna(subset=[metric])
+    j = a.merge(_at_nodes(qt, a)[[*TOKEN_KEY, "quadrant"]].drop_duplicates(TOKEN_KEY), on=TOKEN_KEY,
+                how="inner").dropna(subset=[metric])
+    j["quadrant"] = j["quadrant"].astype(str)
     al = j.groupby(["config", "loss", "quadrant"])[metric].agg(["count", "mean"])
     cib = cluster_bootstrap(j, metric, ["config", "loss", "quadrant"], n_boot=n_boot, ci=ci, seed=seed)
     cib = cib.set_index(["config", "loss", "quadrant"]) if len(cib) else None
@@ -129,7 +138,7 @@ def quadrant_summary(quadrant_tokens, alignment, *, metric: str = "cos", loss: s
         lo, hi = np.nanquantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
         share_iv.update({(config, qd): (float(lo[k]), float(hi[k])) for k, qd in enumerate(QUADRANTS)})
     rows = []
-    for config in sorted(set(qt["config"])):
+    for config in sorted(_distinct(qt["config"])):
         for ls in sorted(set(a["loss"])):
             for qd in QUADRANTS:
                 n_tok = int(tok["n_tokens"].get((config, qd), 0))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from gradalign.analysis.rocks import rock_tokens
-from gradalign.analysis.schema import NODE_KEY, AnalysisError, _check_loss, _check_metric
+from gradalign.analysis.schema import NODE_KEY, AnalysisError, _check_loss, _check_metric, _distinct
 from gradalign.analysis.tip import QUADRANTS, tip_quadrants, tip_thresholds
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def token_weights(tokens, alignment, *, config: str, rules: Sequence[WeightRule 
     parsed = [parse_rule(r) if isinstance(r, str) else r for r in rules]
     if not parsed:
         raise AnalysisError(f"give at least one rule: {RULE_HELP}")
-    configs = sorted(set(tokens["config"]))
+    configs = sorted(_distinct(tokens["config"]))
     if config not in configs:
         raise AnalysisError(f"unknown config {config!r}; this run has {', '.join(configs)}")
     t = tokens[tokens["config"] == config].sort_values(["question_id", "rollout_id", "position"], kind="stable").reset_index(drop=True)

@@ -1,7 +1,8 @@
 """The numbers a report shows, gathered once from `gradalign.analysis`.
 
 Owns: `ReportData` (every analysis table one report shows), `report_data` (calls the analysis
-functions with the report's options), `task_name` (a run's task from its manifest) and
+functions with the report's options), `TOKEN_COLUMNS` (the tokens-table columns a report reads, so
+`write.write_reports` loads only those), `task_name` (a run's task from its manifest) and
 `ReportContext` (what the page and summary.md renderers read: tables, data, options, title,
 configs, headlines and the written figures).
 
@@ -16,6 +17,12 @@ from typing import Any
 
 from gradalign import analysis as A
 from gradalign.report.options import ReportOptions
+
+TOKEN_COLUMNS = (*A.TOKEN_KEY, "token_id", "token_text", "student_logprob", "student_entropy", "teacher_logprob",
+                 *A.DIVERGENCES, "branched")
+"""The tokens-table columns a report reads (every one but teacher_entropy): `write_reports` loads
+runs with `tables.load(columns={"tokens": TOKEN_COLUMNS})`, and every report module works from a
+tokens frame holding only these (tests/e2e/test_report.py builds its report that way)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ def task_name(tables) -> str:
 
 def report_configs(tables) -> list[str]:
     """Every config named in the tokens or alignment table, sorted (the order of colours and columns)."""
-    return sorted(set(tables.tokens["config"]) | set(tables.alignment["config"]))
+    return sorted(A._distinct(tables.tokens["config"]) | A._distinct(tables.alignment["config"]))
 
 
 def report_data(tables, options: ReportOptions = ReportOptions()) -> ReportData:

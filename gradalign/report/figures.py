@@ -71,7 +71,7 @@ def write_figures(tables, data: ReportData, options: ReportOptions, configs: Seq
     """Draw every figure of a report into `out`; returns figure name -> PNG path, in page order."""
     colors = config_colors(configs)
     m, loss = options.metric, data.loss
-    joined = A.join_tokens(tables.alignment, tables.tokens)
+    joined = A.join_tokens(tables.alignment, tables.tokens, A.DIVERGENCES)
     spaces = {"spaces": fig_spaces(tables.alignment, data.extras["spaces"], loss, out / "spaces.png", colors)} \
         if "spaces" in data.extras else {}
     return {

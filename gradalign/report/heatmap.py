@@ -79,7 +79,7 @@ def token_heatmap_html(tables, data: ReportData, options: ReportOptions) -> str:
     marks = _Marks(akey, set(zip(data.rocks["config"], data.rocks["token_id"])), data.loss, options)
     qt = data.extras["quadrant_tokens"]
     roll = tables.rollouts.set_index(["question_id", "rollout_id"])
-    configs = sorted(set(tables.tokens["config"]))
+    configs = sorted(A._distinct(tables.tokens["config"]))
     parts = []
     for qid, rid in pick_rollouts(tables, options.heatmap_rollouts):
         tq = qt[(qt["question_id"] == qid) & (qt["rollout_id"] == rid)].sort_values("position")

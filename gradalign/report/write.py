@@ -1,8 +1,9 @@
 """Writing reports: one folder per task with index.html, summary.md and the PNG figures.
 
 Owns: `build_report` (one report for one run's or combined runs' tables: gather the data, draw the
-figures, render and write the page and the summary) and `write_reports` (load run folders with
-`gradalign.load`, group them by task, combine runs of the same task, one report per task).
+figures, render and write the page and the summary), `load_run` (`gradalign.load` with only the
+tokens columns a report reads) and `write_reports` (load run folders, group them by task, combine
+runs of the same task, one report per task).
 
 Does not own: what any file contains (`data`, `figures`, `headlines`, `page`, `markdown`) or
 reading runs (`gradalign.tables`).
@@ -15,7 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 from gradalign import analysis as A
-from gradalign.report.data import ReportContext, report_configs, report_data, task_name
+from gradalign.report.data import (
+    TOKEN_COLUMNS,
+    ReportContext,
+    report_configs,
+    report_data,
+    task_name,
+)
 from gradalign.report.figures import write_figures
 from gradalign.report.headlines import headlines
 from gradalign.report.markdown import render_summary
@@ -43,19 +50,25 @@ def build_report(tables, out_dir: str | Path, *, options: ReportOptions = Report
     return ReportFiles(task, out, html_path, md_path, tuple(figures.values()), ctx.headlines, ctx.caveats)
 
 
+def load_run(run_dir: str | Path):
+    """A run's Tables as a report needs them: the tokens table with `data.TOKEN_COLUMNS` only."""
+    from gradalign.tables import load
+
+    return load(run_dir, columns={"tokens": TOKEN_COLUMNS})
+
+
 def write_reports(run_dirs: Sequence[str | Path], out: str | Path, *, options: ReportOptions = ReportOptions()) -> list[ReportFiles]:
-    """Load runs with `gradalign.load`, group them by task, and write one report per task.
+    """Load runs (`load_run`: the tokens columns a report reads), group them by task, and write one
+    report per task.
 
     With one task the report goes to `out` itself; with several, to `out/<task>/`.
     """
-    from gradalign.tables import load
-
     if not run_dirs:
         raise A.AnalysisError("give at least one run folder")
     by_task: dict[str, list] = {}
     names: dict[str, list] = {}
     for d in run_dirs:
-        t = load(d)
+        t = load_run(d)
         by_task.setdefault(task_name(t), []).append(t)
         names.setdefault(task_name(t), []).append(Path(d).name)
     results = []

@@ -279,3 +279,65 @@ def test_split_half_alignment_and_resolved_counts():
     assert rc.loc["A", "rows"] == 3 and rc.loc["A", "resolved"] == 2 and rc.loc["B", "resolved"] == 0
     assert rc.loc["A", "share"] == pytest.approx(2 / 3) and rc.loc["A", "mean_se"] == pytest.approx(0.2)
     assert np.isfinite(r["ci_low"]).all()
+
+
+# ----------------------------------------------------------------------------- large tokens tables (issue 14)
+
+
+def _wide_run(seed=0):
+    """A tokens table where most rows are not nodes (other rollouts, other positions) and categorical
+    strings, as `tables.load` returns them; alignment rows at a few (rollout, position) pairs."""
+    rng = np.random.default_rng(seed)
+    rows = [{"question_id": f"q{r % 3}", "rollout_id": r, "config": c, "position": p, "student_entropy": float(rng.random()),
+             "kl_pq": float(rng.random()), "kl_qp": float(rng.random()), "token_id": int(rng.integers(5)), "branched": p % 7 == 3}
+            for r in range(6) for c in ("a", "b") for p in range(30)]
+    t = _tokens(rows)
+    for col in ("question_id", "config", "token_text"):
+        t[col] = t[col].astype("category")
+    spec = [(f"q{r % 3}", r, p, r % 2 == 0, c, loss, float(rng.uniform(-1, 1)), 0.5)
+            for r in (1, 4) for p in (3, 10, 24) for c in ("a", "b") for loss in ("reverse_kl", "sampled_token")]
+    return t, _align_rows(spec)
+
+
+def test_joins_with_alignment_equal_a_plain_merge_over_every_token_row():
+    t, a = _wide_run()
+    want = a.merge(t.astype({"question_id": str, "config": str})[[*A.TOKEN_KEY, "kl_pq", "kl_qp"]], on=A.TOKEN_KEY, how="left")
+    got = A.join_tokens(a, t, ("kl_pq", "kl_qp"))
+    assert len(got) == len(a) and got[["kl_pq", "kl_qp"]].to_numpy().tolist() == want[["kl_pq", "kl_qp"]].to_numpy().tolist()
+    assert got["kl_pq"].notna().all()
+    q = A.tip_quadrants(t)
+    s = A.quadrant_summary(q, a, n_boot=20).set_index(["config", "loss", "quadrant"])
+    j = a.merge(q.astype({"question_id": str, "config": str, "quadrant": str})[[*A.TOKEN_KEY, "quadrant"]], on=A.TOKEN_KEY)
+    assert s["n_nodes"].sum() == len(j)
+    assert s["n_nodes"].to_dict() == {k: int(v) for k, v in j.groupby(["config", "loss", "quadrant"]).size().reindex(s.index, fill_value=0).items()}
+    check = A.opd_norm_check(t, a)
+    assert check.set_index("config")["n"].to_dict() == {"a": 6, "b": 6}
+
+
+def test_tip_quadrants_leave_the_tokens_frame_unchanged_and_store_a_categorical():
+    t, _ = _wide_run(1)
+    before = t.copy(deep=True)
+    q = A.tip_quadrants(t)
+    pd.testing.assert_frame_equal(t, before)  # the new columns never reach the caller's frame
+    assert isinstance(q["quadrant"].dtype, pd.CategoricalDtype) and list(q["quadrant"].cat.categories) == list(A.QUADRANTS)
+
+
+def test_rock_summary_marks_each_configs_own_rock_types():
+    t, a = _wide_run(2)
+    rocks = pd.DataFrame({"config": ["a", "b"], "token_id": [1, 2]})
+    s = A.rock_summary(t, a, rocks, n_boot=20).set_index("config")
+    for c, tid in (("a", 1), ("b", 2)):
+        tc = t[t.config == c]
+        assert s.loc[c, "share_tokens"] == pytest.approx((tc.token_id == tid).mean())
+        tok = tc[[*A.NODE_KEY, "token_id"]].astype({"question_id": str}).rename(columns={"token_id": "tok"})
+        nodes = a[(a.config == c) & (a.loss == "sampled_token")].merge(tok, on=A.NODE_KEY)
+        assert len(nodes) == 6 and s.loc[c, "n_nodes_rock"] == int((nodes.tok == tid).sum())
+
+
+def test_combine_runs_accepts_tables_loaded_without_tokens_columns():
+    t, a = _wide_run(3)
+    roll = _frame("rollouts", [{"question_id": f"q{r % 3}", "rollout_id": r, "n_tokens": 30, "correct": True} for r in range(6)])
+    runs = [Tables(roll, t.iloc[:, :0], _frame("nodes", []), a, {"config": {"run": {"name": n}}}) for n in ("x", "y")]
+    c = A.combine_runs(runs)
+    assert len(c.tokens) == 2 * len(t) and list(c.tokens.columns) == ["run"]
+    assert sorted(set(c.alignment.config)) == ["x/a", "x/b", "y/a", "y/b"] and c.alignment.rollout_id.max() == 4 + 6

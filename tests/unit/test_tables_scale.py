@@ -45,3 +45,22 @@ def test_concat_streams_shards_into_one_table(tmp_path):
     assert t.column("rollout_id").to_pylist() == [0] * 7 + [1] * 8 + [2] * 9
     assert t.schema.metadata[b"gradalign.x"] == b"1" and t.schema.metadata[b"gradalign.table"] == b"tokens"
     assert concat_tables("tokens", [], tmp_path / "none.parquet") == 0 and pq.read_table(tmp_path / "none.parquet").num_rows == 0
+
+
+def test_load_by_column_matches_the_filtered_reader_and_keeps_row_counts(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from gradalign.errors import GradalignError
+
+    for name in TABLES:
+        write_table(name, _tokens(40) if name == "tokens" else _empty(name), tmp_path / f"{name}.parquet")
+    cols = ["config", "position", "kl_pq", "branched"]
+    by_column = load(tmp_path, allow_incomplete=True, columns={"tokens": cols}).tokens  # no filter: one column at a time
+    whole = load(tmp_path, allow_incomplete=True, columns={"tokens": cols}, filters={"tokens": [("position", ">=", 0)]}).tokens
+    pd.testing.assert_frame_equal(by_column, whole)
+    assert list(by_column.columns) == cols and by_column["config"].dtype == "category"
+    none = load(tmp_path, allow_incomplete=True, columns={"tokens": []}).tokens  # what `compare` reads
+    assert none.shape == (40, 0)
+    with pytest.raises(GradalignError, match="no column"):
+        load(tmp_path, allow_incomplete=True, columns={"tokens": ["nope"]})
