@@ -380,13 +380,13 @@ class BranchingConfig:
     uncertainty: str = _doc("hierarchical", """
         How the replicates behind each row's interval are drawn. `hierarchical`: posterior draws
         of a beta-binomial model across the node's slots (every next token's success rate comes
-        from one node-level population whose mean the node's slots estimate and whose spread is
-        learned from all the nodes of a shard), so a slot with one or two continuations is pulled
-        toward the others instead of reading as a rate of 0 or 1; paired across slots under
-        `common_random_numbers`. `bootstrap`: a Bayesian bootstrap of each slot's own
-        continuations (the rule before). Interval coverage of the exact cosine
-        (bench/RESULTS.md): hierarchical 0.97 on the tiny exact world and about 0.84 on the
-        long-horizon one, bootstrap 0.91-0.97 and 0.76. Neither changes `cos` itself (the plug-in
+        from one node-level population whose mean and spread the node's slots estimate), so a slot
+        with one or two continuations is pulled toward the others instead of reading as a rate of
+        0 or 1; paired across slots under `common_random_numbers`. `bootstrap`: a Bayesian
+        bootstrap of each slot's own continuations. Either way an EOS candidate (the finished
+        completion, graded again) holds its rate exactly. Interval coverage of the exact cosine
+        (bench/RESULTS.md): hierarchical 0.91-0.94 on the tiny exact world and 0.81 on the
+        long-horizon one, bootstrap 0.90-0.96 and 0.77. Neither changes `cos` itself (the plug-in
         cosine of the observed rates).""")
     common_random_numbers: bool = _doc(True, """
         Common random numbers: continuation m of every candidate (and of the residual bucket) at a

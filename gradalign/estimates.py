@@ -218,9 +218,10 @@ def adaptive_needed(est: SuccessEstimate, target_width: float, cap: int, z: floa
 
 def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, paired: bool = False,
                        rule: str = "bootstrap", pooled_last: bool = False,
-                       indices: Sequence[Sequence[int]] | None = None, kappa_prior=None,
+                       indices: Sequence[Sequence[int]] | None = None,
                        exact: Sequence[int] = ()) -> torch.Tensor:
-    """B seeded bootstrap replicates of a node's success vector over its slots: ``[B, K+1]`` float64.
+    """B seeded replicates of a node's success vector over its slots: ``[B, K+1]`` float64, drawn by
+    ``rule`` (the default here, "bootstrap", is described first; "hierarchical" below).
 
     outcomes: one sequence of per-continuation successes per slot, candidates first and the
     residual bucket last (``[candidates..., residual]``; pass only the K candidates' when the node
@@ -244,7 +245,7 @@ def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int,
     Deterministic in ``seed`` (a CPU ``torch.Generator``).
 
     ``rule="hierarchical"`` draws the replicates from a posterior instead (`hierarchical_replicates`,
-    which also says what ``pooled_last``, ``indices`` and ``kappa_prior`` mean, and pairs by
+    which also says what ``pooled_last`` and ``indices`` mean, and pairs by
     continuation index).
 
     ``exact``: slots whose rate is known without sampling noise (an EOS candidate: every
@@ -253,14 +254,14 @@ def success_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int,
     """
     if rule == "hierarchical":
         out = hierarchical_replicates(outcomes, B=B, seed=seed, pooled_last=pooled_last, paired=paired, indices=indices,
-                                      kappa_prior=kappa_prior, skip=exact)
+                                      skip=exact)
     elif rule == "bootstrap":
         out = _bootstrap_replicates(outcomes, B=B, seed=seed, paired=paired)
     else:
         raise ValueError(f"rule must be one of {UNCERTAINTY_RULES}, got {rule!r}")
     for s_ in exact:
-        n_s = len(outcomes[s_])
-        out[:, s_] = sum(bool(o) for o in outcomes[s_]) / n_s if n_s else math.nan
+        if outcomes[s_]:  # no outcome: keep the drawn column
+            out[:, s_] = sum(bool(o) for o in outcomes[s_]) / len(outcomes[s_])
     return out
 
 
@@ -337,33 +338,17 @@ def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = Fa
     return ll
 
 
-def kappa_log_prior(node_logliks: Sequence) -> "np.ndarray":
-    """A run-level prior on kappa (how much tokens' success rates differ at a node), learned from
-    many nodes: ``[40]`` log weights, the log-uniform hyperprior times ``prod_nodes sum_mu
-    L_node(mu, kappa)`` (each node its own mean, one shared spread), normalised; flat without nodes.
-    Nodes that each hold too little to tell how far their tokens differ (2-6 slots of a few
-    continuations) together do."""
-    import numpy as np
-
-    out = np.zeros(len(_KAPPA_GRID))
-    for ll in node_logliks:
-        m = ll.max()
-        out += m + np.log(np.exp(ll - m).sum(0))
-    out -= out.max()
-    return out - np.log(np.exp(out).sum())
-
-
 def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, pooled_last: bool = False,
                             paired: bool = False, indices: Sequence[Sequence[int]] | None = None,
-                            kappa_prior=None, skip: Sequence[int] = ()) -> torch.Tensor:
+                            skip: Sequence[int] = ()) -> torch.Tensor:
     """B posterior draws of a node's success vector over its slots: ``[B, K+1]`` float64 (or
     ``[B, K]`` without a residual slot), the same layout as `success_replicates`.
 
     Model (a beta-binomial across the node's slots): every next token's success probability is a
     draw ``S_s ~ Beta(mu kappa, (1 - mu) kappa)`` from one node-level population, and slot s's
-    successes are ``Binomial(n_s, S_s)``. ``mu`` (uniform on (0, 1)) and ``kappa`` (the spread:
-    log-uniform on [0.5, 1e4], or ``kappa_prior``, ``[40]`` log weights from `kappa_log_prior` over a
-    run's nodes) get a grid posterior from the node's beta-binomial marginal likelihood; each
+    successes are ``Binomial(n_s, S_s)``. ``mu`` (uniform on (0, 1)) and ``kappa`` (the spread,
+    log-uniform on [0.5, 1e4]) get a grid posterior from the node's beta-binomial marginal
+    likelihood; each
     replicate draws (mu, kappa) from it and then every slot's rate from its posterior given them,
     ``Beta(mu kappa + k_s, (1 - mu) kappa + n_s - k_s)``. A slot with many continuations keeps its
     own rate; a slot with one or two (a rare token drawn once for the residual bucket) is pulled
@@ -375,7 +360,9 @@ def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed:
     (sum_m e_m + g_s)`` with ``e_m ~ Exp(1)`` per continuation, ``g_s ~ Gamma(kappa)`` and ``b_s ~
     Beta(mu kappa, (1 - mu) kappa)`` per slot. With ``paired=True`` (`branching.common_random_numbers`)
     continuation m's weight e_m is shared by every slot that has a continuation with index m, so
-    slots whose continuations share noise streams keep their correlation; ``indices[s]`` gives
+    slots whose continuations share noise streams keep their correlation (a heuristic: each slot's
+    marginal stays exact, but the model itself has slots independent given (mu, kappa), and the
+    grid likelihood treats them so); ``indices[s]`` gives
     slot s's continuation indices (default ``0..n_s - 1``; a token drawn for the residual bucket
     has the indices of its draws).
 
@@ -399,8 +386,6 @@ def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed:
     mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
     a, b = mu * kappa, (1 - mu) * kappa  # [mu, kappa] grids of the population's Beta parameters
     ll = population_loglik(outcomes, pooled_last, skip)
-    if kappa_prior is not None:
-        ll = ll + np.asarray(kappa_prior)[None]
     post = np.exp(ll - ll.max()).ravel()
     pick = rng.choice(post.size, size=B, p=post / post.sum())
     A, Bb = a.ravel()[pick][:, None], b.ravel()[pick][:, None]  # [B, 1]

@@ -20,18 +20,18 @@ Method (chosen against exact truth, bench/bench_precision.py; the replicates' ru
   bucket) reads as a success rate of 0 or 1. The interval is the percentile interval
   ``[q_2.5, q_97.5]`` of the replicates' cosines and `se` their standard deviation. With the
   default `hierarchical` replicates (posterior draws of a beta-binomial model across the node's
-  slots whose spread is learned from the shard's nodes, `estimates.hierarchical_replicates`) it
-  covered the exact cosine in 97% of rows on the tiny exact world and about 84% on the long-horizon
-  one, against 91-97% and 76% for the Bayesian bootstrap of each slot's own outcomes
-  (`bootstrap`); 80% / 38% for the basic (reflected) interval and 95% / 67% for cos +- 1.96 se
-  were worse (bootstrap replicates). What stays uncovered on the long world is mostly rare
+  slots, `estimates.hierarchical_replicates`) it covered the exact cosine in 91-94% of rows on the
+  tiny exact world and 81% on the long-horizon one, against 90-96% and 77% for the Bayesian
+  bootstrap of each slot's own outcomes (`bootstrap`); 80% / 38% for the basic (reflected)
+  interval and 95% / 67% for cos +- 1.96 se were worse (bootstrap replicates). What stays uncovered on the long world is mostly rare
   decisive tokens never drawn, whose rates the model takes from the node's population.
 - ``<g*, d>`` = ``sum_s a_s (S_s - V)`` is LINEAR in the success vector, hence its plug-in estimate
   is unbiased; `resolved`: at least 97.5% of the replicates give ``<g*, d>`` the estimate's sign
   (a 95% two-sided posterior sign test).
 - ``snr`` = ``||g_hat||^2 / noise - 1`` with ``noise = mean_B ||g_b - g_hat||^2`` (the replicates'
-  spread around the estimate, an estimate of tr Cov(g_hat)): an estimate of ``||g*||^2 / tr Cov``;
-  <= 0 means the ideal gradient is not distinguishable from its noise.
+  spread around the plug-in estimate: tr Cov(g_hat) under the bootstrap; under the hierarchical
+  posterior it also holds the shrinkage of thin slots toward the node's population): <= 0 means
+  the ideal gradient is not distinguishable from its noise.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def node_noise(f: Folded, S: torch.Tensor, reps: torch.Tensor, p: torch.Tensor) 
 
 @dataclass(frozen=True)
 class CosinePrecision:
-    """The cosine's uncertainty at one row: se (bootstrap sd), [low, high] (95% percentile bootstrap,
-    clipped to [-1, 1]) and resolved (the sign of ``<g*, d>`` is determined at 95%)."""
+    """The cosine's uncertainty at one row: se (sd over the replicates), [low, high] (their 2.5% and
+    97.5% quantiles, clipped to [-1, 1]) and resolved (the sign of ``<g*, d>`` is determined at 95%)."""
 
     se: float
     low: float

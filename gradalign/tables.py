@@ -118,12 +118,15 @@ class AlignmentRow:
     value: float = _col("float64", "V = sum p S at the node")
     reason: str = _col("string", "why a cosine is NaN, and grader faults at the node (e.g. 'grader_errors:3/16'); "
                                  "'' when all are defined and every continuation was graded")
-    cos_se: float = _col("float64", "bootstrap standard deviation of cos (continuations resampled; gradalign.precision)")
-    cos_low: float = _col("float64", "95% interval for the exact cos, low end (basic bootstrap, in [-1, 1])")
-    cos_high: float = _col("float64", "95% interval for the exact cos, high end")
-    resolved: bool = _col("bool", "the sign of cos is determined at 95% (|<g*, d>| > 1.96 bootstrap sd)")
-    snr_ideal: float = _col("float64", "||g*||^2 / noise - 1, noise = bootstrap estimate of E||g* - E g*||^2; "
-                                       "<= 0: g* is indistinguishable from its noise")
+    cos_se: float = _col("float64", "standard deviation of cos over the node's replicates (branching.uncertainty: "
+                                    "posterior draws or bootstrap; gradalign.precision)")
+    cos_low: float = _col("float64", "95% interval for the exact cos, low end (2.5% quantile of the replicates' cosines, "
+                                     "in [-1, 1])")
+    cos_high: float = _col("float64", "95% interval for the exact cos, high end (97.5% quantile)")
+    resolved: bool = _col("bool", "the sign of cos is determined at 95%: at least 97.5% of the replicates give <g*, d> "
+                                  "the estimate's sign")
+    snr_ideal: float = _col("float64", "||g*||^2 / noise - 1, noise = mean over replicates of ||g*_b - g*||^2 (their "
+                                       "spread around the estimate); <= 0: g* is indistinguishable from its noise")
     norm2_ideal_split: float = _col("float64", "<g*_A, g*_B> from two independent halves of the continuations: "
                                                "unbiased for ||E g*||^2, may be negative (analysis.split_half_alignment)")
     residual_mass: float = _col("float64", "student mass whose success is the pooled residual rate (outside the candidates; "

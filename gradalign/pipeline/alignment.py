@@ -31,7 +31,7 @@ import torch
 
 from gradalign import gradients as G
 from gradalign import precision as P
-from gradalign.estimates import full_vocab_success, kappa_log_prior, population_loglik, success_replicates
+from gradalign.estimates import full_vocab_success, success_replicates
 from gradalign.pipeline.branching import RESIDUAL, Branch, BranchOutcomes
 from gradalign.pipeline.resources import Resources
 from gradalign.pipeline.rollouts import node_tokens
@@ -92,9 +92,6 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     params = "params" in cfg.alignment.space
     param_nodes: dict[tuple[str, int], list] = {}  # rollout -> [(ParamNode, first alignment row index)]
     slots_of = [slot_outcomes(res, br, bi, outcomes) for bi, br in enumerate(branches)]
-    kappa_prior = None  # hierarchical rule: how far tokens' rates differ, learned from all of this batch's nodes
-    if cfg.branching.uncertainty == "hierarchical" and branches:
-        kappa_prior = kappa_log_prior([population_loglik(so.outs, so.pooled_last, so.exact) for so in slots_of])
     for bi, br in enumerate(branches):
         r, t = br.rollout, br.position
         d = dists[(r.question_id, r.rollout_id)]
@@ -162,7 +159,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         reps = success_replicates(so.outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
                                   seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t),
                                   rule=cfg.branching.uncertainty, pooled_last=so.pooled_last, indices=so.indices,
-                                  kappa_prior=kappa_prior, exact=so.exact)
+                                  exact=so.exact)
         fill = 0.0 if rest is None else rest
         S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
         if not br.residual_tokens:

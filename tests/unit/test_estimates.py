@@ -163,27 +163,6 @@ def test_hierarchical_posterior_intervals_are_calibrated_when_the_model_holds():
     assert 0.86 <= hits / total <= 0.94, hits / total
 
 
-def test_kappa_prior_learns_how_far_tokens_differ_across_nodes():
-    """One node of 3 slots x 4 continuations cannot tell tokens that differ from noise; 40 such nodes
-    can. Nodes whose tokens split 4/4 vs 0/4 put the run-level prior on a small kappa (spread-out
-    rates), nodes whose tokens all score 2/4 on a large one; the prior then changes a node's draws."""
-    import numpy as np
-
-    split = [[[1] * 4, [0] * 4, [1, 1, 0, 1]]] * 40
-    equal = [[[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]]] * 40
-    kappa = np.array(E._KAPPA_GRID)
-    p_split = E.kappa_log_prior([E.population_loglik(o) for o in split])
-    p_equal = E.kappa_log_prior([E.population_loglik(o) for o in equal])
-    assert p_split.shape == (40,) and np.exp(p_split).sum() == pytest.approx(1.0)
-    assert float((np.exp(p_split) * np.log(kappa)).sum()) < float((np.exp(p_equal) * np.log(kappa)).sum()) - 2
-    assert np.exp(E.kappa_log_prior([])) == pytest.approx(np.full(40, 1 / 40))  # no nodes: flat
-    node = [[1, 1, 1, 1], [0, 0, 0, 0]]
-    spread = E.hierarchical_replicates(node, B=3000, seed=1, kappa_prior=p_split)
-    pooled = E.hierarchical_replicates(node, B=3000, seed=1, kappa_prior=p_equal)
-    gap = lambda r: (r[:, 0] - r[:, 1]).mean().item()  # noqa: E731
-    assert gap(spread) > 0.6 and gap(pooled) < gap(spread) - 0.2
-
-
 @pytest.mark.parametrize("rule", ["hierarchical", "bootstrap"])
 def test_exact_slots_are_constant_and_leave_the_population_alone(rule):
     """An EOS candidate's continuations are the finished completion graded again: its rate is exact,
