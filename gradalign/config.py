@@ -385,7 +385,7 @@ class BranchingConfig:
         0 or 1; paired across slots under `common_random_numbers`. `bootstrap`: a Bayesian
         bootstrap of each slot's own continuations. Either way an EOS candidate (the finished
         completion, graded again) holds its rate exactly. Interval coverage of the exact cosine
-        (bench/RESULTS.md): hierarchical 0.91-0.94 on the tiny exact world and 0.81 on the
+        (bench/RESULTS.md): hierarchical 0.95-0.97 on the tiny exact world and 0.82 on the
         long-horizon one, bootstrap 0.90-0.96 and 0.77. Neither changes `cos` itself (the plug-in
         cosine of the observed rates).""")
     common_random_numbers: bool = _doc(True, """

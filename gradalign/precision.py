@@ -20,8 +20,8 @@ Method (chosen against exact truth, bench/bench_precision.py; the replicates' ru
   bucket) reads as a success rate of 0 or 1. The interval is the percentile interval
   ``[q_2.5, q_97.5]`` of the replicates' cosines and `se` their standard deviation. With the
   default `hierarchical` replicates (posterior draws of a beta-binomial model across the node's
-  slots, `estimates.hierarchical_replicates`) it covered the exact cosine in 91-94% of rows on the
-  tiny exact world and 81% on the long-horizon one, against 90-96% and 77% for the Bayesian
+  slots, `estimates.hierarchical_replicates`) it covered the exact cosine in 95-97% of rows on the
+  tiny exact world and 82% on the long-horizon one, against 90-96% and 77% for the Bayesian
   bootstrap of each slot's own outcomes (`bootstrap`); 80% / 38% for the basic (reflected)
   interval and 95% / 67% for cos +- 1.96 se were worse (bootstrap replicates). What stays uncovered on the long world is mostly rare
   decisive tokens never drawn, whose rates the model takes from the node's population.
