@@ -329,21 +329,32 @@ def _observed(outcomes: Sequence[Sequence[bool]], pooled_last: bool, skip: Seque
     return n, k, obs
 
 
-def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = False, skip: Sequence[int] = ()):
-    """The beta-binomial log marginal likelihood of one node's slots on the (mu, kappa) grid:
-    numpy ``[100, 40]``, ``sum_s log B(mu kappa + k_s, (1 - mu) kappa + n_s - k_s) / B(mu kappa,
-    (1 - mu) kappa)`` over the slots that enter the model (see `hierarchical_replicates`)."""
+def _grid():
+    """(a, b): the population's Beta parameters ``mu kappa`` and ``(1 - mu) kappa`` on the grid, numpy ``[100, 40]``."""
     import numpy as np
 
-    n, k, obs = _observed(outcomes, pooled_last, skip)
     mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
-    a, b = mu * kappa, (1 - mu) * kappa
+    return mu * kappa, (1 - mu) * kappa
+
+
+def _grid_loglik(n, k, obs):
+    """``population_loglik`` from the counts `_observed` gives."""
+    import numpy as np
+
+    a, b = _grid()
     ll = np.zeros_like(a)
     if obs.any():
         pairs, count = np.unique(np.stack([n[obs], k[obs]], 1), axis=0, return_counts=True)  # slots share (n, k) often
         for (ni, ki), c in zip(pairs.tolist(), count.tolist()):
             ll += c * (_log_rising(a, ki) + _log_rising(b, ni - ki) - _log_rising(a + b, ni))
     return ll
+
+
+def population_loglik(outcomes: Sequence[Sequence[bool]], pooled_last: bool = False, skip: Sequence[int] = ()):
+    """The beta-binomial log marginal likelihood of one node's slots on the (mu, kappa) grid:
+    numpy ``[100, 40]``, ``sum_s log B(mu kappa + k_s, (1 - mu) kappa + n_s - k_s) / B(mu kappa,
+    (1 - mu) kappa)`` over the slots that enter the model (see `hierarchical_replicates`)."""
+    return _grid_loglik(*_observed(outcomes, pooled_last, skip))
 
 
 def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed: int, pooled_last: bool = False,
@@ -391,9 +402,8 @@ def hierarchical_replicates(outcomes: Sequence[Sequence[bool]], *, B: int, seed:
     idx_of = [list(range(len(o))) for o in outcomes] if indices is None else [list(i) for i in indices]
     if len(idx_of) != len(outcomes) or any(len(i) != len(o) for i, o in zip(idx_of, outcomes)):
         raise ValueError("indices must give one continuation index per outcome of every slot")
-    mu, kappa = np.array(_MU_GRID)[:, None], np.array(_KAPPA_GRID)[None]
-    a, b = mu * kappa, (1 - mu) * kappa  # [mu, kappa] grids of the population's Beta parameters
-    ll = population_loglik(outcomes, pooled_last, skip) + np.array(_KAPPA_LOG_PRIOR)[None]
+    a, b = _grid()  # [mu, kappa] grids of the population's Beta parameters
+    ll = _grid_loglik(n, k, obs) + np.array(_KAPPA_LOG_PRIOR)[None]  # computed once per node
     post = np.exp(ll - ll.max()).ravel()
     pick = rng.choice(post.size, size=B, p=post / post.sum())
     A, Bb = a.ravel()[pick][:, None], b.ravel()[pick][:, None]  # [B, 1]
