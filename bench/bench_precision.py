@@ -7,8 +7,11 @@ per run with `dataclasses.replace(res, cfg=...)`; the sampler is `longworld.Bigr
 sampler's exact draw vectorised over sequences, checked token for token against it at start-up) on the same rollouts (the rollout seed does not
 depend on branching settings) and is scored against `LongOracle` on every alignment row:
 
-  err       mean |cos - exact cos| over rows where both are defined
-  corr      Pearson correlation of cos with the exact cos
+  err       mean |cos - exact cos| over rows where the exact cos is defined; a row whose cos is
+            undefined (say every continuation at the node failed: no ideal gradient seen) counts as
+            answering 0, so budgets are compared on the same rows
+  defined   share of those rows whose cos is defined (and the err over those rows only)
+  corr      Pearson correlation of cos (undefined = 0) with the exact cos
   coverage  share of rows whose [cos_low, cos_high] holds the exact cos
   resolved  share of rows marked `resolved`; wrong = of those, the share whose sign is wrong
   S z       candidates' (S_hat - S) / sd: mean and variance (unbiasedness check, ~0 and ~1)
@@ -100,10 +103,11 @@ def _score(t, oracle) -> dict:
     ex = oracle.rows(t["rollouts"], t["alignment"], sorted(set(t["alignment"].loss)))
     a = t["alignment"]
     e = np.array([ex["cos"][(r.rollout_id, r.position, r.config, r.loss)] for r in a.itertuples()])
-    c = a.cos.to_numpy(float)
-    ok = np.isfinite(e) & np.isfinite(c)
+    c_raw = a.cos.to_numpy(float)
+    ok = np.isfinite(e)
+    c = np.where(np.isfinite(c_raw), c_raw, 0.0)  # an undefined cosine answers 0 ("no signal seen")
     lo, hi = a.cos_low.to_numpy(float), a.cos_high.to_numpy(float)
-    okc = ok & np.isfinite(lo)
+    okc = ok & np.isfinite(c_raw) & np.isfinite(lo)
     res = a.resolved.to_numpy(bool) & ok
     zs = []
     for n in t["nodes"][t["nodes"].source != "residual"].itertuples():
@@ -113,6 +117,8 @@ def _score(t, oracle) -> dict:
     nodes = len(set(zip(a.rollout_id, a.position)))
     return {
         "err": float(np.abs(c[ok] - e[ok]).mean()), "rows": int(ok.sum()), "nodes": nodes,
+        "defined": float(np.isfinite(c_raw[ok]).mean()),
+        "err_defined": float(np.abs(c_raw[ok & np.isfinite(c_raw)] - e[ok & np.isfinite(c_raw)]).mean()),
         "zero": float(np.abs(e[ok]).mean()),  # the error of always answering 0: the floor an estimator must beat
         "corr": float(np.corrcoef(c[ok], e[ok])[0, 1]),
         "coverage": float(((lo <= e) & (e <= hi))[okc].mean()),
@@ -126,7 +132,7 @@ def _score(t, oracle) -> dict:
 
 TODAY = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False,  # before issue 11
          "uncertainty": "bootstrap"}
-ALL = {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True,  # the new default
+ALL = {"common_random_numbers": True, "allocation": "equal", "residual_per_token": True,  # the default
        "uncertainty": "hierarchical"}
 VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M = 8), explicit so defaults can move
     "before (M=8)": TODAY,
@@ -136,6 +142,9 @@ VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M =
     "+ per-token residual": {**TODAY, "residual_per_token": True},
     "+ hierarchical intervals": {**TODAY, "uncertainty": "hierarchical"},
     "all three cuts, bootstrap intervals (M=8)": {**ALL, "uncertainty": "bootstrap"},
+    "all four, pilot allocation (M=8)": {**ALL, "allocation": "pilot"},  # the default before 2026-11-24 10:10
+    "all four (M=1)": {**ALL, "continuations": 1},
+    "all four (M=2, top_k=1)": {**ALL, "continuations": 2, "top_k": 1},
     "all four (M=2)": {**ALL, "continuations": 2},
     "all four (M=4)": {**ALL, "continuations": 4},
     "all four (M=8), the default": ALL,
@@ -183,10 +192,12 @@ def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> 
         errs = np.array([e for x in xs for e in x["errs"]])
         tok = sum(x["tokens"] for x in xs) / sum(x["nodes"] for x in xs)
         m = {k: statistics.mean(x[k] for x in xs) for k in ("err", "corr", "coverage", "resolved", "wrong", "z_mean", "z_var",
-                                                           "resid_mass", "zero")}
+                                                           "resid_mass", "zero", "defined", "err_defined")}
         se = float(np.abs(errs).std() / math.sqrt(len(errs)))
         summary[name] = {**m, "tokens_per_node": tok, "ratio": m["err"] / e0}
-        rows.append([name, f"{m['err']:.3f} ± {se:.3f}", f"{m['err'] / e0:.2f}", f"{m['zero']:.3f}", f"{m['corr']:.2f}",
+        rows.append([name, f"{m['err']:.3f} ± {se:.3f}", f"{m['err'] / e0:.2f}", f"{m['zero']:.3f}", f"{m['defined']:.2f}",
+                     f"{m['err_defined']:.3f}",
+                     f"{m['corr']:.2f}",
                      f"{m['coverage']:.2f}",
                      f"{m['resolved']:.2f}", f"{m['wrong']:.2f}", f"{m['z_mean']:+.2f} / {m['z_var']:.2f}", f"{tok:,.0f}",
                      sum(x["nodes"] for x in xs)])
@@ -196,13 +207,15 @@ def run(quick: bool = False, threads: int = 2, variants: dict | None = None) -> 
         f"World: bench/longworld.py (bigram transformers student + teachers `guide`, `noisy`; horizon {L}; success = a `y`, "
         "or no `x` and an even number of `a`; exact S by dynamic programming). Pipeline: logspace selector, top_k = 2, "
         f"{ROLLOUTS} rollouts, residual bucket on; seeds {seeds}; every alignment row (node x 2 configs x 4 losses) scored. "
-        "`err` ± its standard error over rows; `ratio` = err / err(first row); `answer 0` = mean |exact cos| over the same rows, "
+        "`err` ± its standard error over rows (every row whose exact cosine is defined; an undefined estimate counts as 0, "
+        "`defined` = the share that had one, `err where defined` = err over those only); `ratio` = err / err(first row); `answer 0` = mean |exact cos| over the same rows, "
         "the error of an estimator that always answers 0 (a floor: below it, err rewards shrinking to 0, not information; "
-        "`corr` measures information); `coverage` of the 95% [cos_low, cos_high]; "
+        "`corr` measures information); `coverage` of the 95% [cos_low, cos_high] over the rows that have one; "
         "`resolved` share of rows and `wrong` sign among them; `S z` = mean / variance of (S_hat - S)/sd over candidates "
         "(unbiased: ~0 / ~1); `tokens/node` = continuation tokens generated (counted) per branched node.",
         "",
-        C.md_table(["variant", "mean abs(cos - exact)", "ratio", "answer 0", "corr", "coverage", "resolved", "wrong", "S z",
+        C.md_table(["variant", "mean abs(cos - exact)", "ratio", "answer 0", "defined", "err where defined", "corr", "coverage", "resolved", "wrong",
+                    "S z",
                     "tokens/node",
                     "nodes"], rows),
     ]

@@ -28,6 +28,7 @@ BENCHES = (
     ("placement", "bench_placement.py"),
     ("param_space", "bench_param_space.py"),
     ("precision", "bench_precision.py"),
+    ("interval_anatomy", "bench_interval_anatomy.py"),
 )
 
 

@@ -292,8 +292,9 @@ def test_stop_node_keeps_s_unbiased(tiny_world, tmp_path):
     probability (z mean ~0, variance ~1 over its non-degenerate candidates: writing one more token
     and going on), the EOS candidate is exact (the rollout's own verdict), V = sum p S holds in the
     nodes table, and the cosines there converge to the exact ones (the oracle enumerates position T
-    with y = EOS). Default noise cuts on (common random numbers, pilot allocation)."""
-    t = _run(tiny_world, tmp_path, 64, 0, rollouts=64, top_k=6, eos_node=True)
+    with y = EOS). Common random numbers on (the default) with pilot allocation, whose EOS rule
+    (an EOS candidate gets only the floor) is the one place the stop node changes how M is spent."""
+    t = _run(tiny_world, tmp_path, 64, 0, rollouts=64, top_k=6, eos_node=True, allocation="pilot")
     exact_s: dict = {}
     exact = _exact_rows(tiny_world, t, exact_s)
     stops = _stop_keys(t)
