@@ -119,12 +119,16 @@ OFF = {"common_random_numbers": False, "allocation": "equal", "residual_per_toke
 
 @pytest.mark.slow  # about 90 s per option on 2 shared cores: M = 64 against exact enumeration
 @pytest.mark.parametrize("option", [{"common_random_numbers": True}, {"allocation": "pilot"},
-                                    {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True}],
-                         ids=["crn", "pilot", "combined"])
+                                    {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True},
+                                    {"common_random_numbers": True, "allocation": "pilot", "residual_per_token": True,
+                                     "node_rounds": 2, "node_share": 0.5}],
+                         ids=["crn", "pilot", "combined", "rounds"])
 def test_noise_cuts_keep_s_unbiased(tiny_world, tmp_path, option):
     """Each noise cut keeps every S_k an unbiased binomial proportion (z mean ~0, variance ~1 over
     candidates): common random numbers (continuation m of every candidate shares its noise), pilot
-    allocation (M split by p_k sd_k after a pilot round), and the three combined. Only the
+    allocation (M split by p_k sd_k after a pilot round), the three combined, and with allocation
+    across nodes on top (`node_rounds`: half of every node's budget pooled and spent in two rounds
+    by priority; a node's sample size then depends on its earlier outcomes). Only the
     continuations change, not the rollouts. (Their effect on the cosine's error is measured in
     bench/bench_precision.py.)"""
     t = _run(tiny_world, tmp_path, 64, 0, rollouts=24, top_k=0, **{**OFF, **option})  # top_k 0: a residual bucket at most nodes
@@ -138,8 +142,10 @@ def test_noise_cuts_keep_s_unbiased(tiny_world, tmp_path, option):
     on = _run(tiny_world, tmp_path, 4, 0, rollouts=24, **{**OFF, **option})
     assert on.rollouts.completion.tolist() == off.rollouts.completion.tolist()  # branching noise only
     assert not on.nodes.successes.equals(off.nodes.successes)
-    if "allocation" in option:  # the node's budget is kept, split unequally
-        n = t.nodes.groupby(["rollout_id", "position"]).n
+    n = t.nodes.groupby(["rollout_id", "position"]).n
+    if "node_rounds" in option:  # the shard's budget is kept, moved between nodes
+        assert n.sum().sum() == 64 * n.size().sum() and (n.sum() != 64 * n.size()).any()
+    elif "allocation" in option:  # the node's budget is kept, split unequally
         assert (n.sum() == 64 * n.size()).all() and (n.max() > n.min()).any()
 
 
