@@ -18,9 +18,18 @@ the switch off as far as the nodes that gain have longer or shorter continuation
 
 Unbiasedness: a node's sample size now depends on its earlier outcomes (optional stopping), which can
 bias a proportion; continuation m of a slot is still seeded by (node, m) alone, so the new draws are
-independent of the old ones. Measured against exact enumeration in
-tests/integration/test_exact_enumeration.py (`test_noise_cuts_keep_s_unbiased`, id "rounds") and
-on the long-horizon world (bench/bench_precision.py, column S z).
+independent of the old ones. Measured against exact enumeration (tiny world, top_k 0, 24 rollouts,
+6 seeds, M = 8, 280 candidates; tests/integration/test_exact_enumeration.py): S z mean -0.08 +- 0.06,
+variance 1.12 (2 rounds, share 0.5) and -0.05 +- 0.07, 1.22 (4 rounds, share 0.75), against
+-0.06 +- 0.06, 1.13 with the rounds off. A first rule that gave a node whose slots all read alike no
+priority biased S down (-0.18 +- 0.04, variance 0.44): see `ZERO_IDEAL_SE`.
+
+Measured (bench/bench_precision.py, long-horizon exact world, 3 seeds, M = 8, all four noise cuts):
+the rounds do not cut the error at equal continuations there. Rounds off: mean |cos - exact| 0.330,
+corr 0.27, coverage 0.82; 2 rounds, share 0.5: `shrink` 0.340 / 0.23 / 0.79, `spread` 0.347 / 0.21 /
+0.80, `signal` 0.350 / 0.20 / 0.82 (and S z variance 0.85: it leaves nodes with g* estimated as 0
+locked). Hence off by default. `shrink` is the rule kept: the least error of the three, and the one
+that follows from the goal (the most narrowing per continuation spent).
 """
 
 from __future__ import annotations
@@ -53,7 +62,16 @@ log = logging.getLogger(__name__)
 
 PRIORITIES = ("spread", "shrink", "signal", "shrink_signal")
 PRIORITY = "shrink"
-"""The priority rule `run_rounds` uses (one of `PRIORITIES`, see `node_priority`)."""
+"""The priority rule `run_rounds` uses (one of `PRIORITIES`, see `node_priority`; chosen by
+measurement, see the module docstring). The others stay for measuring them again."""
+
+
+ZERO_IDEAL_SE = 1.0 / math.sqrt(3.0)
+"""The spread `node_priority` gives a row whose ideal gradient is estimated as exactly 0 (every slot
+observed at the same rate, so its cosine is undefined): that of a cosine known to lie in [-1, 1]
+and nothing more (uniform). Giving it 0 instead locked such nodes at their first-round counts, and a
+node whose slots all read 0/n then kept a rate below the truth (tiny exact world, M = 8: S z mean
+-0.13 +- 0.05 over 280 candidates, see `run_rounds`)."""
 
 
 def held_back(slots: int, M: int, floor: int, share: float) -> int:
@@ -67,14 +85,16 @@ def node_priority(est: NodeEstimate, rows: Sequence[RowEstimate], n: int, rule: 
     """A node's claim on the next round's pool, >= 0. ``rows``: its config x loss rows; n: the
     continuations it has. ``spread`` = the mean over rows of `cos_se` where the row is not resolved
     (0 where resolved or undefined); ``shrink`` = spread / n, the expected narrowing per added
-    continuation (a standard error falls as 1/sqrt(n), so d se / dn = -se / 2n); ``signal`` =
+    continuation (a standard error falls as 1/sqrt(n), so d se / dn = -se / 2n); a row whose
+    estimated ideal gradient is exactly 0 counts as unresolved with `ZERO_IDEAL_SE`; ``signal`` =
     spread x s / (1 + s) with s = max(snr, 0) the ideal gradient's signal-to-noise (0 where the
     ideal gradient is not distinguishable from its noise: the node's cosine is undetermined however
     many continuations it gets only if g* is truly ~0, which is then its answer);
     ``shrink_signal`` = both."""
     if rule not in PRIORITIES:
         raise ValueError(f"rule must be one of {PRIORITIES}, got {rule!r}")
-    se = [r.precision.se if not r.precision.resolved and math.isfinite(r.precision.se) else 0.0 for r in rows]
+    se = [ZERO_IDEAL_SE if r.cos.reason == "zero_ideal" else
+          r.precision.se if not r.precision.resolved and math.isfinite(r.precision.se) else 0.0 for r in rows]
     spread = sum(se) / len(se) if se else 0.0
     if rule in ("shrink", "shrink_signal"):
         spread /= max(n, 1)

@@ -14,6 +14,7 @@ from test_pipeline_stages import _resources
 
 from gradalign.config import ConfigError, apply_overrides, load_config
 from gradalign.graders import Verdict
+from gradalign.gradients import Cosine
 from gradalign.pipeline import NodeDists, Rollout, Teacher, plan_branches, select_nodes
 from gradalign.pipeline import rounds as R
 from gradalign.pipeline.alignment import RowEstimate
@@ -42,8 +43,8 @@ def test_split_pool_conserves_and_follows_priority():
     assert R.split_pool(0, pri) == [0] * 5
 
 
-def _row(se: float, resolved: bool) -> RowEstimate:
-    return RowEstimate(None, None, None, CosinePrecision(se, -1.0, 1.0, resolved))
+def _row(se: float, resolved: bool, reason: str = "") -> RowEstimate:
+    return RowEstimate(None, Cosine(0.1 if not reason else math.nan, reason), None, CosinePrecision(se, -1.0, 1.0, resolved))
 
 
 def test_node_priority_rules():
@@ -56,6 +57,9 @@ def test_node_priority_rules():
     noise = SimpleNamespace(noise=NodeNoise(-0.5, 0.1, 0.0, 0.0))  # g* below its noise
     assert R.node_priority(noise, rows, 10, "signal") == 0.0 and R.node_priority(noise, rows, 10, "spread") > 0
     assert R.node_priority(est, [_row(0.3, True)], 10, "spread") == 0.0  # resolved: no claim
+    # g* estimated as exactly 0 (all slots alike): unresolved, the spread of an unknown cosine; d = 0: no claim
+    assert R.node_priority(est, [_row(math.nan, False, "zero_ideal")], 4, "shrink") == pytest.approx(R.ZERO_IDEAL_SE / 4)
+    assert R.node_priority(est, [_row(math.nan, False, "zero_distill")], 4, "shrink") == 0.0
     with pytest.raises(ValueError):
         R.node_priority(est, rows, 10, "largest")
 
