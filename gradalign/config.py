@@ -409,7 +409,9 @@ class BranchingConfig:
         and the signal large (`gradalign.pipeline.rounds` says how nodes are scored), and within a
         node by the pilot rule p_k x sd_k. Integer >= 0; 0 = off. Needs `allocation = "pilot"`.
         Same continuations per shard as off, but moved between nodes and rollouts of a shard, so a
-        per-rollout budget holds only summed over the shard.""")
+        per-rollout budget holds only summed over the shard. S_k stays unbiased (exact-enumeration
+        tests); on the long-horizon exact world (bench/RESULTS.md) it did not cut the cosine's error
+        at equal continuations (0.34 vs 0.33 with 2 rounds), hence off.""")
     node_share: float = _doc(0.25, """
         `node_rounds` > 0 only: the share of each node's (candidates + 1) x M continuations held
         back from its first round and pooled across the shard's nodes for the rounds, in (0, 1); a
