@@ -131,9 +131,9 @@ def _score(t, oracle) -> dict:
 
 
 TODAY = {"common_random_numbers": False, "allocation": "equal", "residual_per_token": False,  # before issue 11
-         "uncertainty": "bootstrap"}
+         "uncertainty": "bootstrap", "node_rounds": 0}
 ALL = {"common_random_numbers": True, "allocation": "equal", "residual_per_token": True,  # the default
-       "uncertainty": "hierarchical"}
+       "uncertainty": "hierarchical", "node_rounds": 0}
 VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M = 8), explicit so defaults can move
     "before (M=8)": TODAY,
     "before (M=32)": {**TODAY, "continuations": 32},
@@ -150,6 +150,9 @@ VARIANTS = {  # name -> branching overrides (on top of: logspace, top_k = 2, M =
     "all four (M=8), the default": ALL,
     "all four (M=16)": {**ALL, "continuations": 16},
     "all four + coverage 0.9 (M=8)": {**ALL, "coverage": 0.9},  # promote tokens until the residual holds <= 10%
+    # allocation across nodes: a share of every node's budget pooled over the shard, spent in 2 rounds by priority
+    "all four + node rounds (M=8)": {**ALL, "node_rounds": 2, "node_share": 0.25},
+    "all four + node rounds, share 0.5 (M=8)": {**ALL, "node_rounds": 2, "node_share": 0.5},
 }
 QUICK = ("before (M=8)", "all four (M=8), the default")
 

@@ -170,6 +170,7 @@ def _load_config(config_path: Path, overrides: list[str]):
 
 def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int, executor: str | None = None, address: str | None = None,
                   max_tokens: int | None = None, mean_tokens: float | None = None, progress_every: float = 10.0) -> None:
+    import dataclasses
     import json
     import logging
     import shlex
@@ -195,7 +196,10 @@ def _run_diagnose(cfg, out: Path, resume: bool, shard_size: int, executor: str |
     t = run.manifest.timings_s
     typer.echo(f"wrote {out}/{{rollouts,tokens,nodes,alignment}}.parquet and manifest.json in {t['total']:.1f}s")
     code = f"import gradalign; t = gradalign.load({json.dumps(str(out))}); print(t.alignment.head())"
-    typer.echo(f"next: gradalign report {shlex.quote(str(out))} --out reports/addition/  |  python -c {shlex.quote(code)}")
+    from gradalign.report.data import task_label  # the folder `report` names a task by
+
+    report_dir = shlex.quote(f"reports/{task_label(dataclasses.asdict(cfg.task))}/")
+    typer.echo(f"next: gradalign report {shlex.quote(str(out))} --out {report_dir}  |  python -c {shlex.quote(code)}")
 
 
 @app.command("diagnose")

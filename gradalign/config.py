@@ -407,6 +407,20 @@ class BranchingConfig:
     allocation_floor: int = _doc(2, """
         `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least
         keeps), an integer >= 1; capped by `continuations`.""")
+    node_rounds: int = _doc(0, """
+        Allocation across nodes: after the first round, this many sequential rounds spend a pool of
+        continuations held back from every node of the shard where the cosine is still unresolved
+        and the signal large (`gradalign.pipeline.rounds` says how nodes are scored), and within a
+        node by `allocation` (equal counts per slot, or the pilot rule p_k x sd_k). Integer >= 0;
+        0 = off.
+        Same continuations per shard as off, but moved between nodes and rollouts of a shard, so a
+        per-rollout budget holds only summed over the shard. S_k stays unbiased (exact-enumeration
+        tests); on the long-horizon exact world (bench/RESULTS.md) it did not cut the cosine's error
+        at equal continuations (0.34 vs 0.33 with 2 rounds), hence off.""")
+    node_share: float = _doc(0.25, """
+        `node_rounds` > 0 only: the share of each node's (candidates + 1) x M continuations held
+        back from its first round and pooled across the shard's nodes for the rounds, in (0, 1); a
+        node always keeps `allocation_floor` per slot.""")
     residual_per_token: bool = _doc(True, """
         Stop pooling what was observed: every token drawn for the residual bucket gets the success
         rate of its own draws (as if it were a candidate), and only the tokens never drawn share
@@ -1184,6 +1198,8 @@ def _parse_branching(s: _Section) -> BranchingConfig:
     if adaptive_target_width > 0 and adaptive_max < continuations:
         raise s.error("adaptive_max", f"must be an integer >= branching.continuations ({continuations}) "
                       f"when adaptive_target_width > 0, got {adaptive_max}")
+    allocation = s.choice("allocation", ALLOCATIONS)
+    node_rounds = s.int("node_rounds", lo=0)
     return BranchingConfig(
         selector=selector,
         continuations=continuations,
@@ -1202,8 +1218,10 @@ def _parse_branching(s: _Section) -> BranchingConfig:
         bootstrap_replicates=s.int("bootstrap_replicates", lo=2),
         uncertainty=s.choice("uncertainty", UNCERTAINTY_RULES),
         common_random_numbers=s.bool("common_random_numbers"),
-        allocation=s.choice("allocation", ALLOCATIONS),
+        allocation=allocation,
         allocation_floor=s.int("allocation_floor", lo=1),
+        node_rounds=node_rounds,
+        node_share=s.float("node_share", gt=0, lt=1),
         residual_per_token=s.bool("residual_per_token"),
         eos_node=s.bool("eos_node"),
     )

@@ -3,7 +3,7 @@
 Owns: `diagnose` (plan the shards, have the executor compute those not finished yet, write each
 shard's four tables atomically as it returns, then concatenate them and write the manifest last),
 `process_shard` (one shard through the pipeline stages, `gradalign.pipeline`: rollouts -> selection
--> scoring -> branching -> alignment), resume (finished shards of a run with the same config
+-> scoring -> branching (with `branching.node_rounds`, `pipeline.rounds`) -> alignment), resume (finished shards of a run with the same config
 fingerprint are kept), the config fingerprint, and the manifest's contents. How and where shards
 are computed (this process, or Ray actors) is `gradalign.executors`'. Does not own any stage's work (`gradalign.pipeline`), the table schemas and
 writers (`gradalign.tables`), input checks (`gradalign.preflight`, run inside `load_resources`), or
@@ -45,6 +45,7 @@ from gradalign.pipeline import (
     score_rollouts,
     select_nodes,
 )
+from gradalign.pipeline.rounds import run_rounds
 from gradalign.pipeline.scoring import Scores
 from gradalign.progress import Progress, ProgressTracker
 from gradalign.runfolder import (
@@ -156,7 +157,10 @@ def process_shard(res: Resources, rows: Sequence[dict], progress: Progress | Pro
     plans, branches = fit_branches(res, rollouts, plans, branches)  # the budget at each node's real candidate count
     mark_branched(scores.tokens, {(r.question_id, r.rollout_id): p for r, p in zip(rollouts, plans)})
     tr.expect("branch", sum((len(b.candidates) + bool(b.residual_tokens)) * res.cfg.branching.continuations for b in branches))
-    outcomes = timed("branch", run_branches, res, branches)
+    if res.cfg.branching.node_rounds:  # allocation across nodes: the first round, then rounds from a shared pool
+        branches, outcomes = timed("branch", run_rounds, res, branches, scores.dists)
+    else:
+        outcomes = timed("branch", run_branches, res, branches)
     aligned = timed("align", align, res, branches, outcomes, scores.dists)
     return ShardResult(
         tables={"rollouts": [r.to_row() for r in rollouts], "tokens": scores.tokens, "nodes": aligned.nodes,

@@ -7,6 +7,7 @@
       -> branching.plan_branches       Branch             (candidates K, residual first tokens)
       -> selection.fit_branches        SelectionPlan      (the budget re-priced with each node's actual candidates)
       -> branching.run_branches        BranchOutcomes     (M graded continuations per candidate; adaptive rounds)
+         (rounds.run_rounds instead with branching.node_rounds: the first round, then rounds from a pool shared by the shard's nodes)
       -> alignment.align               Alignment          (S, V, g*, d per config x loss, cosines: node and alignment rows)
     -> engine.diagnose writes the tables (`gradalign.tables`) per shard, and the manifest last.
 

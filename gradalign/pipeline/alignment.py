@@ -1,6 +1,8 @@
 """Stage 6: from graded continuations to S, V, the ideal gradient, and cosines per config x loss.
 
-Owns: `align`: per branch, the success estimates of each candidate and the residual bucket
+Owns: `node_estimate` / `row_estimate` (a node's S, g*, replicates and noise; one config x loss's
+direction, cosines and precision: the one place these are computed, read by `align` and by
+`rounds` between rounds) and `align`: per branch, the success estimates of each candidate and the residual bucket
 (`tables.NodeRow`s), the full-vocabulary success vector S (candidates' rates; the residual rate for
 every other token), V = sum p S, the ideal gradient g* = p (S - V), and for every config x loss
 the distillation descent direction d, cos(g*, d) over the full vocabulary and over K, its
@@ -74,6 +76,88 @@ def slot_outcomes(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes)
 
 
 @dataclass(frozen=True)
+class NodeEstimate:
+    """One branch's estimate of S and g* and the noise behind it: what every alignment row of the
+    node shares. p, lp, S, g: ``[V]`` float64 (lp the student's log-probabilities; S the
+    full-vocabulary success vector; g = p (S - V)); xids ``[K']`` the slots' token ids (candidates,
+    then residual tokens with their own rate); S_slots ``[K'+1]`` their rates then the pooled rate
+    (0 without a residual bucket); reps ``[B, K'+1]`` the replicates (`estimates.success_replicates`);
+    fold the student folded onto those slots (None when p is not finite); noise `precision.NodeNoise`."""
+
+    slots: SlotOutcomes
+    p: torch.Tensor
+    lp: torch.Tensor
+    student_ok: bool
+    ids: torch.Tensor
+    xids: torch.Tensor
+    S: torch.Tensor
+    g: torch.Tensor
+    S_slots: torch.Tensor
+    reps: torch.Tensor
+    fold: P.Folded | None
+    noise: P.NodeNoise
+
+
+def node_estimate(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes,
+                  dists: dict[tuple[str, int], NodeDists], so: SlotOutcomes | None = None) -> NodeEstimate:
+    """S, g*, the replicates and the noise of branch ``bi`` (`NodeEstimate`); `align` and
+    `rounds` (which scores nodes between rounds) both read nodes through it. ``so``: the branch's
+    `slot_outcomes` when already computed."""
+    cfg = res.cfg
+    r, t = br.rollout, br.position
+    lp = dists[(r.question_id, r.rollout_id)].student[br.node_index]
+    p = lp.exp()
+    student_ok = bool(torch.isfinite(lp).all())
+    ids = torch.tensor([c.token_id for c in br.candidates])
+    so = slot_outcomes(res, br, bi, outcomes) if so is None else so
+    rest = outcomes.estimate(bi, RESIDUAL).estimate.rate if br.residual_tokens else None
+    rates = torch.tensor([outcomes.estimate(bi, k).estimate.rate for k in range(len(br.candidates))], dtype=torch.float64)
+    # residual_per_token: each token drawn for the residual bucket gets the mean of its own draws
+    # (its slots join the candidates'); the pooled rate is left only for tokens never drawn
+    xids = torch.tensor([c.token_id for c in br.candidates] + list(so.tokens), dtype=torch.long)
+    xrates = torch.cat([rates, torch.tensor([sum(o) / len(o) for o in so.tokens.values()], dtype=torch.float64)])
+    S = full_vocab_success(p.numel(), xids, xrates, rest)
+    g = G.ideal_gradient(p, S)
+    # precision: the node's success vector over [candidates..., outside] and its bootstrap replicates
+    fold = P.Folded.of(p, xids) if student_ok else None
+    reps = success_replicates(so.outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
+                              seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t),
+                              rule=cfg.branching.uncertainty, pooled_last=so.pooled_last, indices=so.indices,
+                              exact=so.exact)
+    fill = 0.0 if rest is None else rest
+    S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
+    if not br.residual_tokens:
+        reps = torch.cat([reps, torch.full((reps.shape[0], 1), fill, dtype=torch.float64)], dim=1)
+    noise = P.node_noise(fold, S_slots, reps, p) if fold is not None else P.NodeNoise(math.nan, math.nan, math.nan, math.nan)
+    return NodeEstimate(so, p, lp, student_ok, ids, xids, S, g, S_slots, reps, fold, noise)
+
+
+@dataclass(frozen=True)
+class RowEstimate:
+    """One config x loss at a node: the descent direction d ``[V]``, cos(g*, d) over the full
+    vocabulary and over the candidates, and the cosine's precision."""
+
+    direction: torch.Tensor
+    cos: G.Cosine
+    cos_candidates: G.Cosine
+    precision: P.CosinePrecision
+
+
+def row_estimate(est: NodeEstimate, lq: torch.Tensor, loss: str, y: int, beta: float) -> RowEstimate:
+    """The row of one teacher (log-probabilities ``lq`` ``[V]``) and loss at a node; y the rollout's
+    token there. A non-finite student or teacher distribution gives NaN with its reason."""
+    if not (est.student_ok and bool(torch.isfinite(lq).all())):  # a runtime fault is a row with a reason, not a crash
+        nan = G.Cosine(math.nan, "nonfinite_student_logits" if not est.student_ok else "nonfinite_teacher_logits")
+        return RowEstimate(torch.full_like(est.p, math.nan), nan, nan, P.UNDEFINED)
+    dvec = G.distill_direction(loss, est.lp, lq, token=torch.tensor(y), beta=beta)
+    c_full = G.cosine(est.g, dvec)
+    c_cand = G.cosine(G.restrict(est.g, est.ids), G.restrict(dvec, est.ids))
+    prec = (P.cosine_precision(est.fold, est.S_slots, est.reps, est.fold.direction(est.p, est.xids, dvec), float(dvec.norm()))
+            if math.isfinite(c_full.value) else P.UNDEFINED)
+    return RowEstimate(dvec, c_full, c_cand, prec)
+
+
+@dataclass(frozen=True)
 class Alignment:
     """The nodes and alignment tables' rows of one batch of branches."""
 
@@ -91,15 +175,12 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     align_rows: list[AlignmentRow] = []
     params = "params" in cfg.alignment.space
     param_nodes: dict[tuple[str, int], list] = {}  # rollout -> [(ParamNode, first alignment row index)]
-    slots_of = [slot_outcomes(res, br, bi, outcomes) for bi, br in enumerate(branches)]
     for bi, br in enumerate(branches):
         r, t = br.rollout, br.position
         d = dists[(r.question_id, r.rollout_id)]
-        lp = d.student[br.node_index]
-        p = lp.exp()
-        student_ok = bool(torch.isfinite(lp).all())
+        est = node_estimate(res, br, bi, outcomes, dists)
+        p, student_ok, ids, S, g, xids = est.p, est.student_ok, est.ids, est.S, est.g, est.xids
         V = p.numel()
-        ids = torch.tensor([c.token_id for c in br.candidates])
 
         def node_row(cid: int, text: str, source: str, source_config: str, prob: float, e, faults) -> NodeRow:
             return NodeRow(
@@ -130,20 +211,12 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
             if ungraded and c.reason in ("zero_ideal", "ideal_below_noise"):
                 return "all_continuations_failed_grading"
             return c.reason and prefix + c.reason
-        rates = torch.tensor([s.estimate.rate for s in slots], dtype=torch.float64)
-        # residual_per_token: each token drawn for the residual bucket gets the mean of its own draws
-        # (its slots join the candidates'); the pooled rate is left only for tokens never drawn
-        so = slots_of[bi]
-        tok_outs = so.tokens
-        xids = torch.tensor([c.token_id for c in br.candidates] + list(tok_outs), dtype=torch.long)
-        xrates = torch.cat([rates, torch.tensor([sum(o) / len(o) for o in tok_outs.values()], dtype=torch.float64)])
+        value = float(G.node_value(p, S))
+        tok_outs = est.slots.tokens
         if tok_outs and rest is not None and br.residual_mass > 0:  # the residual row's success: what the bucket adds to V
             drawn = [(float(p[tk]), sum(o) / len(o)) for tk, o in tok_outs.items()]
             eff = (sum(pt * st for pt, st in drawn) + (br.residual_mass - sum(pt for pt, _ in drawn)) * rest) / br.residual_mass
             node_rows[-1] = dataclasses.replace(node_rows[-1], success=eff)
-        S = full_vocab_success(V, xids, xrates, rest)
-        g = G.ideal_gradient(p, S)
-        value = float(G.node_value(p, S))
         ha = torch.tensor([s.halves.a.rate for s in slots], dtype=torch.float64)
         hb = torch.tensor([s.halves.b.rate for s in slots], dtype=torch.float64)
         halves_ok = bool(torch.isfinite(ha).all() and torch.isfinite(hb).all()) and (
@@ -154,34 +227,15 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
             g_a = G.ideal_gradient(p, full_vocab_success(V, ids, ha, rest_a))
             g_b = G.ideal_gradient(p, full_vocab_success(V, ids, hb, rest_b))
             split = float(g_a @ g_b)
-        # precision: the node's success vector over [candidates..., outside] and its bootstrap replicates
-        fold = P.Folded.of(p, xids) if student_ok else None
-        reps = success_replicates(so.outs, B=cfg.branching.bootstrap_replicates, paired=cfg.branching.common_random_numbers,
-                                  seed=stable_seed(cfg.run.seed, "bootstrap", r.question_id, r.rollout_id, t),
-                                  rule=cfg.branching.uncertainty, pooled_last=so.pooled_last, indices=so.indices,
-                                  exact=so.exact)
-        fill = 0.0 if rest is None else rest
-        S_slots = torch.cat([xrates, torch.tensor([fill], dtype=torch.float64)])
-        if not br.residual_tokens:
-            reps = torch.cat([reps, torch.full((reps.shape[0], 1), fill, dtype=torch.float64)], dim=1)
-        noise = P.node_noise(fold, S_slots, reps, p) if fold is not None else P.NodeNoise(math.nan, math.nan, math.nan, math.nan)
+        noise = est.noise
         y = node_tokens(res, r)[t]  # y_t; at the stop node (t = T) the EOS the rollout ended with
         first_row, dirs = len(align_rows), []
         for teacher in res.teachers:
             lq = d.teachers[teacher.name][br.node_index]
-            q = lq.exp()
-            teacher_ok = bool(torch.isfinite(lq).all())
-            adv = float(G.teacher_advantage(p, q, S))
+            adv = float(G.teacher_advantage(p, lq.exp(), S))
             for loss in cfg.distill.losses:
-                if not (student_ok and teacher_ok):  # a runtime fault is a row with a reason, not a crash
-                    nan = G.Cosine(math.nan, "nonfinite_student_logits" if not student_ok else "nonfinite_teacher_logits")
-                    dvec, c_full, c_cand, prec = torch.full_like(p, math.nan), nan, nan, P.UNDEFINED
-                else:
-                    dvec = G.distill_direction(loss, lp, lq, token=torch.tensor(y), beta=beta)
-                    c_full = G.cosine(g, dvec)
-                    c_cand = G.cosine(G.restrict(g, ids), G.restrict(dvec, ids))
-                    prec = (P.cosine_precision(fold, S_slots, reps, fold.direction(p, xids, dvec), float(dvec.norm()))
-                            if math.isfinite(c_full.value) else P.UNDEFINED)
+                row = row_estimate(est, lq, loss, y, beta)
+                dvec, c_full, c_cand, prec = row.direction, row.cos, row.cos_candidates, row.precision
                 dirs.append(dvec)
                 reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), *grading) if x]
                 align_rows.append(AlignmentRow(
@@ -198,7 +252,7 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                 ))
         if params and student_ok:
             param_nodes.setdefault((r.question_id, r.rollout_id), []).append(
-                (_param_node(br, p, xids, S_slots, reps, torch.stack(dirs)), first_row))
+                (_param_node(br, p, xids, est.S_slots, est.reps, torch.stack(dirs)), first_row))
     if param_nodes:
         _fill_params(res, branches, param_nodes, align_rows)
     return Alignment(node_rows, align_rows)

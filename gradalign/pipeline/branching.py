@@ -6,8 +6,10 @@ mass outside K is at least `branching.residual_min_mass`), and `run_branches` (M
 candidate and for the residual bucket in one batched round, then, with adaptive M, further rounds
 for candidates whose Wilson interval is wider than `branching.adaptive_target_width`, up to
 `branching.adaptive_max`; with `branching.allocation = "pilot"`, a pilot round and a second one
-that splits each node's budget by p_k * sd_k (`allocate`); with `branching.common_random_numbers`, continuation m of every slot at
-a node is seeded by (node, m) alone, so all slots share its noise stream). Does not own how a
+that splits each node's budget by p_k * sd_k (`allocate`, `split_within`); with `branching.common_random_numbers`, continuation m of every slot at
+a node is seeded by (node, m) alone, so all slots share its noise stream), `draw` (one batched call
+for any (branch, slot) -> continuation indices) and `extend_residual` (more residual first tokens,
+for `rounds`). Does not own the allocation across nodes (`rounds`), how a
 continuation is graded (`rollouts`), the interval rules (`gradalign.estimates`) or turning outcomes
 into S, V and cosines (`alignment`).
 
@@ -23,6 +25,7 @@ max_new_tokens - T - 1 (0: cut at once, a failure).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -108,17 +111,35 @@ def plan_branches(res: Resources, rollouts: Sequence[Rollout], plans: Sequence[S
             outside = float(1.0 - p[ids].sum().clamp(max=1.0))
             resid: tuple[int, ...] = ()
             if b.residual and outside >= b.residual_min_mass:
-                w = p.clone()
-                w[ids] = 0
-                g = torch.Generator().manual_seed(stable_seed(cfg.run.seed, "residual", r.question_id, r.rollout_id, t))
                 # pilot allocation may give the residual bucket up to the node's whole budget
                 n_draw = b.continuations * (len(cands) + 1) if b.allocation == "pilot" else b.continuations
-                resid = tuple(torch.multinomial(w / w.sum(), n_draw, replacement=True, generator=g).tolist())
+                resid = _residual_draws(p, ids, n_draw, stable_seed(cfg.run.seed, "residual", r.question_id, r.rollout_id, t))
             out.append(Branch(r, t, k, node.reason, cands, resid, outside, tuple(float(p[c.token_id]) for c in cands)))
     return out
 
 
-def _draw(res: Resources, branches: Sequence[Branch], want: dict) -> tuple[dict, int]:
+def _residual_draws(p: torch.Tensor, ids: torch.Tensor, n: int, seed: int) -> tuple[int, ...]:
+    """n first tokens drawn with replacement from p ``[V]`` renormalised outside the candidates ``ids``."""
+    w = p.clone()
+    w[ids] = 0
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.multinomial(w / w.sum(), n, replacement=True, generator=g).tolist())
+
+
+def extend_residual(res: Resources, br: Branch, p: torch.Tensor, n: int) -> Branch:
+    """``br`` with at least n residual first tokens (p ``[V]``: the student at the node): the tokens
+    it has, then fresh draws seeded by the node and how many it had (so a run is deterministic). A
+    branch without a residual bucket is returned unchanged."""
+    have = len(br.residual_tokens)
+    if not br.residual_tokens or have >= n:
+        return br
+    r, ids = br.rollout, torch.tensor([c.token_id for c in br.candidates])
+    more = _residual_draws(p, ids, n - have, stable_seed(res.cfg.run.seed, "residual", r.question_id, r.rollout_id,
+                                                         br.position, "from", have))
+    return dataclasses.replace(br, residual_tokens=br.residual_tokens + more)
+
+
+def draw(res: Resources, branches: Sequence[Branch], want: dict) -> tuple[dict, int]:
     """Continue each (branch, slot) from y_<t + its first token for the given continuation
     indices, in one `continue_and_grade` call. Returns ({(branch, slot): [(success, truncated,
     status)]} in continuation order, continuations sampled (a first token that is EOS needs none))."""
@@ -160,25 +181,42 @@ def allocate(total: int, weights: Sequence[float], have: Sequence[int]) -> list[
     return extra
 
 
-def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> dict:
-    """`branching.allocation = "pilot"`: after `allocation_floor` continuations per slot, the rest of
-    each node's (K + 1) x M goes to slots in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the
-    smoothed pilot rate r = (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). An EOS
-    candidate weighs 0: its continuations are the finished completion graded again, so its rate is
-    exact after one (at the stop node that is the sampled token, often nearly all of p)."""
+def slot_list(br: Branch) -> list[int]:
+    """The branch's slots: its candidates 0..K-1, then `RESIDUAL` when it has a residual bucket."""
+    return list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])
+
+
+def split_within(res: Resources, branches: Sequence[Branch], outcomes: dict, totals: dict | None = None) -> dict:
+    """The continuations still due at each node, split across its slots by `branching.allocation`:
+    each node's (K + 1) x M (``totals[bi]`` instead where given: the node's continuations after this
+    round; a node missing from ``totals`` gets none) less what its slots have.
+
+    ``pilot``: in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the smoothed pilot rate r =
+    (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). An EOS candidate weighs 0:
+    its continuations are the finished completion graded again, so its rate is exact after one (at
+    the stop node that is the sampled token, often nearly all of p). ``equal``: toward the same
+    count in every slot (largest remainders), so under common random numbers all slots keep sharing
+    their continuation indices. Returns the `draw` request: {(branch, slot): [(first token,
+    continuation index)]}, new indices only. A residual slot needs its `residual_tokens` to reach
+    the indices asked (`extend_residual`)."""
     b = res.cfg.branching
     eos = set(res.end_ids)
     want = {}
     for bi, br in enumerate(branches):
-        slots = list(range(len(br.candidates))) + ([RESIDUAL] if br.residual_tokens else [])
+        if totals is not None and bi not in totals:
+            continue
+        slots = slot_list(br)
         have = [len(outcomes[(bi, s)]) for s in slots]
         weights = []
         for s, n in zip(slots, have):
             ok = sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)])
             r = (ok + 0.5) / (n + 1)
             exact = s != RESIDUAL and br.candidates[s].token_id in eos
-            weights.append(0.0 if exact else (br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
-        extra = allocate(b.continuations * len(slots), weights, have)
+            if b.allocation == "equal":
+                weights.append(1.0)
+            else:
+                weights.append(0.0 if exact else (br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
+        extra = allocate(b.continuations * len(slots) if totals is None else totals[bi], weights, have)
         for s, n, e in zip(slots, have, extra):
             if not e:
                 continue
@@ -189,20 +227,23 @@ def _pilot_round(res: Resources, branches: Sequence[Branch], outcomes: dict) -> 
     return want
 
 
-def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
+def run_branches(res: Resources, branches: Sequence[Branch], totals: dict | None = None) -> BranchOutcomes:
     """Round 1: M continuations per candidate and the residual bucket's M (with pilot allocation:
-    `allocation_floor` each, then the node's remaining budget by p_k * sd_k); adaptive rounds after."""
+    `allocation_floor` each, then the node's remaining budget by p_k * sd_k; ``totals[bi]``: that
+    budget instead of (K + 1) x M, as `rounds` holds part of it back); adaptive rounds after."""
     b = res.cfg.branching
-    m1 = min(b.allocation_floor, b.continuations) if b.allocation == "pilot" else b.continuations
+    # equal without held-back budgets: M each at once; otherwise the floor first, then `split_within`
+    split = b.allocation == "pilot" or totals is not None
+    m1 = min(b.allocation_floor, b.continuations) if split else b.continuations
     want = {}
     for bi, br in enumerate(branches):
         for k, c in enumerate(br.candidates):
             want[(bi, k)] = [(c.token_id, m) for m in range(m1)]
         if br.residual_tokens:
             want[(bi, RESIDUAL)] = [(tok, m) for m, tok in enumerate(br.residual_tokens[:m1])]
-    outcomes, total = _draw(res, branches, want)
-    if b.allocation == "pilot":
-        more, n = _draw(res, branches, _pilot_round(res, branches, outcomes))
+    outcomes, total = draw(res, branches, want)
+    if split:
+        more, n = draw(res, branches, split_within(res, branches, outcomes, totals))
         for key, outs in more.items():
             outcomes[key] = outcomes[key] + outs
         total += n
@@ -220,7 +261,7 @@ def run_branches(res: Resources, branches: Sequence[Branch]) -> BranchOutcomes:
                 want[(bi, k)] = [(tokid, m) for m in range(len(outs), len(outs) + extra)]
         if not want:
             break
-        more, n = _draw(res, branches, want)
+        more, n = draw(res, branches, want)
         for key, outs in more.items():
             outcomes[key] = outcomes[key] + outs
         total += n

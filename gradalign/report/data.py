@@ -64,7 +64,12 @@ def task_name(tables) -> str:
     if man.get("runs"):
         man = man["runs"][0]  # combined runs (`analysis.combine_runs`) share a task
     cfg = man.get("config", {}) or {}
-    task = cfg.get("task", {}) or {}
+    return task_label(cfg.get("task", {}) or {})
+
+
+def task_label(task: dict) -> str:
+    """A task's name for folders and titles, from its config section as a dict: `task.name`, else
+    the task file's stem, else 'task' (a report goes to ``reports/<task_label>/``)."""
     name = task.get("name") or (Path(task["path"]).stem if task.get("path") else None)
     return str(name or "task")
 
