@@ -385,8 +385,8 @@ class BranchingConfig:
         0 or 1; paired across slots under `common_random_numbers`. `bootstrap`: a Bayesian
         bootstrap of each slot's own continuations. Either way an EOS candidate (the finished
         completion, graded again) holds its rate exactly. Interval coverage of the exact cosine
-        (bench/RESULTS.md): hierarchical 0.95-0.97 on the tiny exact world and 0.82 on the
-        long-horizon one, bootstrap 0.90-0.96 and 0.77. Neither changes `cos` itself (the plug-in
+        (bench/RESULTS.md): hierarchical 0.95-0.96 on the tiny exact world and 0.84 on the
+        long-horizon one, bootstrap 0.88-0.95 and 0.73. Neither changes `cos` itself (the plug-in
         cosine of the observed rates).""")
     common_random_numbers: bool = _doc(True, """
         Common random numbers: continuation m of every candidate (and of the residual bucket) at a
@@ -416,7 +416,7 @@ class BranchingConfig:
         Same continuations per shard as off, but moved between nodes and rollouts of a shard, so a
         per-rollout budget holds only summed over the shard. S_k stays unbiased (exact-enumeration
         tests); on the long-horizon exact world (bench/RESULTS.md) it did not cut the cosine's error
-        at equal continuations (0.34 vs 0.33 with 2 rounds), hence off.""")
+        at equal continuations (0.275-0.278 vs 0.273 with 2 rounds), hence off.""")
     node_share: float = _doc(0.25, """
         `node_rounds` > 0 only: the share of each node's (candidates + 1) x M continuations held
         back from its first round and pooled across the shard's nodes for the rounds, in (0, 1); a

@@ -300,9 +300,10 @@ _KAPPA_LOG_PRIOR = [-1.5 * math.log(k) for k in _KAPPA_GRID]
 ``kappa^-2.5``), which leans toward tokens that differ. A log-uniform prior (weight 1 per point) put
 half its mass on kappa > 70, populations whose tokens are all alike within ~0.06; then 4/4 vs 0/4
 successes gave the two tokens' order only 96% posterior probability, and the interval resolved 2-4
-of 57 nodes of the SmolLM2 example. Chosen by measurement (bench/RESULTS.md, per-node precision):
-coverage 0.97 / 0.95 on the tiny exact world (log-uniform: 0.94 / 0.91) and 0.82 on the
-long-horizon one (0.80-0.82)."""
+of 57 nodes of the SmolLM2 example. Chosen by measurement (bench/RESULTS.md, per-node precision;
+on the former pilot allocation): coverage 0.97 / 0.95 on the tiny exact world (log-uniform:
+0.94 / 0.91) and 0.82 on the long-horizon one (0.80-0.82). Leaning the other way (kappa^+0.5)
+gave 0.72 there."""
 
 
 def _log_rising(x, m: int):
