@@ -403,20 +403,23 @@ class BranchingConfig:
         `equal` is the default because with `common_random_numbers` it measured better: every slot
         then has continuations 0..M-1, so all of them share their noise streams, while pilot's uneven
         counts leave a light slot paired on its few indices only (bench/bench_precision.py, M = 8:
-        mean abs(cos - exact) 0.298 vs 0.330, resolved rows with the wrong sign 8% vs 24%).""")
+        mean abs(cos - exact) 0.273 vs 0.310 over every row, 0.298 vs 0.330 over the rows with a
+        cosine; resolved rows with the wrong sign 8% vs 24%).""")
     allocation_floor: int = _doc(2, """
-        `allocation = "pilot"` only: continuations every slot gets in the pilot round (and at least
-        keeps), an integer >= 1; capped by `continuations`.""")
+        `allocation = "pilot"` or `node_rounds` > 0 only: continuations every slot gets in the first
+        round (and at least keeps), an integer >= 1; capped by `continuations`.""")
     node_rounds: int = _doc(0, """
         Allocation across nodes: after the first round, this many sequential rounds spend a pool of
         continuations held back from every node of the shard where the cosine is still unresolved
         and the signal large (`gradalign.pipeline.rounds` says how nodes are scored), and within a
         node by `allocation` (equal counts per slot, or the pilot rule p_k x sd_k). Integer >= 0;
-        0 = off.
-        Same continuations per shard as off, but moved between nodes and rollouts of a shard, so a
-        per-rollout budget holds only summed over the shard. S_k stays unbiased (exact-enumeration
-        tests); on the long-horizon exact world (bench/RESULTS.md) it did not cut the cosine's error
-        at equal continuations (0.275-0.278 vs 0.273 with 2 rounds), hence off.""")
+        0 = off. Same continuations per shard as off, but moved between nodes and rollouts of a
+        shard, so `budget_continuations` holds only summed over the shard (`budget_tokens` and
+        adaptive M cannot be combined with it). S_k stays unbiased (exact-enumeration tests), but
+        `resolved` becomes a sequential test: a node that reads resolved early keeps its verdict
+        while unresolved ones get more looks, so its 95% is no longer exact. On the long-horizon
+        exact world (bench/RESULTS.md) it did not cut the cosine's error at equal continuations
+        (0.275-0.278 vs 0.273 with 2 rounds), hence off.""")
     node_share: float = _doc(0.25, """
         `node_rounds` > 0 only: the share of each node's (candidates + 1) x M continuations held
         back from its first round and pooled across the shard's nodes for the rounds, in (0, 1); a
@@ -1200,6 +1203,12 @@ def _parse_branching(s: _Section) -> BranchingConfig:
                       f"when adaptive_target_width > 0, got {adaptive_max}")
     allocation = s.choice("allocation", ALLOCATIONS)
     node_rounds = s.int("node_rounds", lo=0)
+    if node_rounds > 0 and adaptive_target_width > 0:
+        raise s.error("node_rounds", "cannot be combined with branching.adaptive_target_width > 0 (adaptive M would add "
+                      "continuations on top of the pooled budget)", "set node_rounds = 0 or adaptive_target_width = 0")
+    if node_rounds > 0 and s.int("budget_tokens", lo=0) > 0:
+        raise s.error("node_rounds", "cannot be combined with branching.budget_tokens > 0 (rounds move continuations "
+                      "between nodes whose continuations differ in length)", "set node_rounds = 0 or budget_tokens = 0")
     return BranchingConfig(
         selector=selector,
         continuations=continuations,

@@ -99,17 +99,16 @@ class NodeEstimate:
 
 
 def node_estimate(res: Resources, br: Branch, bi: int, outcomes: BranchOutcomes,
-                  dists: dict[tuple[str, int], NodeDists], so: SlotOutcomes | None = None) -> NodeEstimate:
+                  dists: dict[tuple[str, int], NodeDists]) -> NodeEstimate:
     """S, g*, the replicates and the noise of branch ``bi`` (`NodeEstimate`); `align` and
-    `rounds` (which scores nodes between rounds) both read nodes through it. ``so``: the branch's
-    `slot_outcomes` when already computed."""
+    `rounds` (which scores nodes between rounds) both read nodes through it."""
     cfg = res.cfg
     r, t = br.rollout, br.position
     lp = dists[(r.question_id, r.rollout_id)].student[br.node_index]
     p = lp.exp()
     student_ok = bool(torch.isfinite(lp).all())
     ids = torch.tensor([c.token_id for c in br.candidates])
-    so = slot_outcomes(res, br, bi, outcomes) if so is None else so
+    so = slot_outcomes(res, br, bi, outcomes)
     rest = outcomes.estimate(bi, RESIDUAL).estimate.rate if br.residual_tokens else None
     rates = torch.tensor([outcomes.estimate(bi, k).estimate.rate for k in range(len(br.candidates))], dtype=torch.float64)
     # residual_per_token: each token drawn for the residual bucket gets the mean of its own draws
@@ -143,6 +142,14 @@ class RowEstimate:
     precision: P.CosinePrecision
 
 
+def node_row_estimates(res: Resources, br: Branch, est: NodeEstimate, d: NodeDists) -> list[tuple[str, str, RowEstimate]]:
+    """(config, loss, `RowEstimate`) for every teacher x loss of one node, in the alignment table's
+    order: the rows `align` writes and `rounds` scores. d: the branch's rollout's `NodeDists`."""
+    y = node_tokens(res, br.rollout)[br.position]  # y_t; at the stop node (t = T) the EOS the rollout ended with
+    return [(teacher.name, loss, row_estimate(est, d.teachers[teacher.name][br.node_index], loss, y, res.cfg.distill.jsd_beta))
+            for teacher in res.teachers for loss in res.cfg.distill.losses]
+
+
 def row_estimate(est: NodeEstimate, lq: torch.Tensor, loss: str, y: int, beta: float) -> RowEstimate:
     """The row of one teacher (log-probabilities ``lq`` ``[V]``) and loss at a node; y the rollout's
     token there. A non-finite student or teacher distribution gives NaN with its reason."""
@@ -170,7 +177,6 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
     """Node rows (one per candidate, plus the residual bucket) and alignment rows (one per node x
     config x loss) for every branch, in branch order."""
     cfg, tok = res.cfg, res.tokenizer
-    beta = cfg.distill.jsd_beta
     node_rows: list[NodeRow] = []
     align_rows: list[AlignmentRow] = []
     params = "params" in cfg.alignment.space
@@ -230,26 +236,23 @@ def align(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
         noise = est.noise
         y = node_tokens(res, r)[t]  # y_t; at the stop node (t = T) the EOS the rollout ended with
         first_row, dirs = len(align_rows), []
-        for teacher in res.teachers:
-            lq = d.teachers[teacher.name][br.node_index]
-            adv = float(G.teacher_advantage(p, lq.exp(), S))
-            for loss in cfg.distill.losses:
-                row = row_estimate(est, lq, loss, y, beta)
-                dvec, c_full, c_cand, prec = row.direction, row.cos, row.cos_candidates, row.precision
-                dirs.append(dvec)
-                reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), *grading) if x]
-                align_rows.append(AlignmentRow(
-                    question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
-                    token_text=tok.decode([y]), correct=r.correct, config=teacher.name, loss=loss,
-                    cos=c_full.value, cos_candidates=c_cand.value,
-                    norm_ideal=float(g.norm()), norm_distill=float(dvec.norm()),
-                    teacher_advantage=adv, value=value, reason=";".join(dict.fromkeys(reasons)),
-                    cos_se=prec.se, cos_low=prec.low, cos_high=prec.high, resolved=prec.resolved,
-                    snr_ideal=noise.snr, norm2_ideal_split=split, residual_mass=noise.residual_mass,
-                    pooling_bound=noise.pooling_bound,
-                    cos_params=math.nan, cos_params_se=math.nan, cos_params_sketch_se=math.nan,
-                    norm_ideal_params=math.nan, norm_distill_params=math.nan,
-                ))
+        adv = {tc.name: float(G.teacher_advantage(p, d.teachers[tc.name][br.node_index].exp(), S)) for tc in res.teachers}
+        for config, loss, row in node_row_estimates(res, br, est, d):
+            dvec, c_full, c_cand, prec = row.direction, row.cos, row.cos_candidates, row.precision
+            dirs.append(dvec)
+            reasons = [x for x in (why(c_full), why(c_cand, "candidates:"), *grading) if x]
+            align_rows.append(AlignmentRow(
+                question_id=r.question_id, rollout_id=r.rollout_id, position=t, token_id=y,
+                token_text=tok.decode([y]), correct=r.correct, config=config, loss=loss,
+                cos=c_full.value, cos_candidates=c_cand.value,
+                norm_ideal=float(g.norm()), norm_distill=float(dvec.norm()),
+                teacher_advantage=adv[config], value=value, reason=";".join(dict.fromkeys(reasons)),
+                cos_se=prec.se, cos_low=prec.low, cos_high=prec.high, resolved=prec.resolved,
+                snr_ideal=noise.snr, norm2_ideal_split=split, residual_mass=noise.residual_mass,
+                pooling_bound=noise.pooling_bound,
+                cos_params=math.nan, cos_params_se=math.nan, cos_params_sketch_se=math.nan,
+                norm_ideal_params=math.nan, norm_distill_params=math.nan,
+            ))
         if params and student_ok:
             param_nodes.setdefault((r.question_id, r.rollout_id), []).append(
                 (_param_node(br, p, xids, est.S_slots, est.reps, torch.stack(dirs)), first_row))

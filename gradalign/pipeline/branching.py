@@ -6,7 +6,8 @@ mass outside K is at least `branching.residual_min_mass`), and `run_branches` (M
 candidate and for the residual bucket in one batched round, then, with adaptive M, further rounds
 for candidates whose Wilson interval is wider than `branching.adaptive_target_width`, up to
 `branching.adaptive_max`; with `branching.allocation = "pilot"`, a pilot round and a second one
-that splits each node's budget by p_k * sd_k (`allocate`, `split_within`); with `branching.common_random_numbers`, continuation m of every slot at
+that splits each node's budget by p_k * sd_k, or with a budget `rounds` set, the floor and then an
+equal or pilot split (`allocate`, `split_within`); with `branching.common_random_numbers`, continuation m of every slot at
 a node is seeded by (node, m) alone, so all slots share its noise stream), `draw` (one batched call
 for any (branch, slot) -> continuation indices) and `extend_residual` (more residual first tokens,
 for `rounds`). Does not own the allocation across nodes (`rounds`), how a
@@ -192,11 +193,12 @@ def split_within(res: Resources, branches: Sequence[Branch], outcomes: dict, tot
     round; a node missing from ``totals`` gets none) less what its slots have.
 
     ``pilot``: in proportion to p_k * sd_k, sd_k = sqrt(r (1 - r)) at the smoothed pilot rate r =
-    (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). An EOS candidate weighs 0:
-    its continuations are the finished completion graded again, so its rate is exact after one (at
-    the stop node that is the sampled token, often nearly all of p). ``equal``: toward the same
+    (successes + 0.5) / (n + 1) (the residual bucket weighs its mass). ``equal``: toward the same
     count in every slot (largest remainders), so under common random numbers all slots keep sharing
-    their continuation indices. Returns the `draw` request: {(branch, slot): [(first token,
+    their continuation indices. Either way an EOS candidate weighs 0: its continuations are the
+    finished completion graded again, so its rate is exact after one (at the stop node that is the
+    sampled token, often nearly all of p). Under ``equal`` this is called only with ``totals``
+    (`rounds`); without rounds every slot gets its M at once (`run_branches`). Returns the `draw` request: {(branch, slot): [(first token,
     continuation index)]}, new indices only. A residual slot needs its `residual_tokens` to reach
     the indices asked (`extend_residual`)."""
     b = res.cfg.branching
@@ -209,13 +211,13 @@ def split_within(res: Resources, branches: Sequence[Branch], outcomes: dict, tot
         have = [len(outcomes[(bi, s)]) for s in slots]
         weights = []
         for s, n in zip(slots, have):
-            ok = sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)])
-            r = (ok + 0.5) / (n + 1)
-            exact = s != RESIDUAL and br.candidates[s].token_id in eos
-            if b.allocation == "equal":
+            if s != RESIDUAL and br.candidates[s].token_id in eos:  # exact: more continuations add nothing
+                weights.append(0.0)
+            elif b.allocation == "equal":
                 weights.append(1.0)
             else:
-                weights.append(0.0 if exact else (br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
+                r = (sum(bool(o[0]) and not o[1] for o in outcomes[(bi, s)]) + 0.5) / (n + 1)
+                weights.append((br.residual_mass if s == RESIDUAL else br.probs[s]) * math.sqrt(r * (1 - r)))
         extra = allocate(b.continuations * len(slots) if totals is None else totals[bi], weights, have)
         for s, n, e in zip(slots, have, extra):
             if not e:
@@ -228,9 +230,10 @@ def split_within(res: Resources, branches: Sequence[Branch], outcomes: dict, tot
 
 
 def run_branches(res: Resources, branches: Sequence[Branch], totals: dict | None = None) -> BranchOutcomes:
-    """Round 1: M continuations per candidate and the residual bucket's M (with pilot allocation:
-    `allocation_floor` each, then the node's remaining budget by p_k * sd_k; ``totals[bi]``: that
-    budget instead of (K + 1) x M, as `rounds` holds part of it back); adaptive rounds after."""
+    """Round 1: M continuations per candidate and the residual bucket's M; with pilot allocation, or
+    with ``totals`` (``totals[bi]``: the node's budget instead of (K + 1) x M, as `rounds` holds part
+    of it back), `allocation_floor` each first and then the rest by `split_within`; adaptive rounds
+    after."""
     b = res.cfg.branching
     # equal without held-back budgets: M each at once; otherwise the floor first, then `split_within`
     split = b.allocation == "pilot" or totals is not None

@@ -7,7 +7,7 @@ across nodes (`split_pool`, the largest-remainder split `branching.allocate`), a
 which runs the first round (`branching.run_branches` on each node's reduced budget) and then the
 rounds. Does NOT own drawing or grading continuations, the split within a node (by
 `branching.allocation`: equal counts per slot, or the pilot rule p_k x sd_k; `branching.split_within`), or how a node's cosines and their precision are estimated
-(`alignment.node_estimate` / `row_estimate`, the functions `align` uses, so the rounds see exactly
+(`alignment.node_estimate` / `node_row_estimates`, the functions `align` uses, so the rounds see exactly
 what the alignment table will say).
 
 Budget: the shard's planned continuations are what they are with the switch off: node i plans
@@ -24,17 +24,23 @@ variance 1.12 (2 rounds, share 0.5) and -0.05 +- 0.07, 1.22 (4 rounds, share 0.7
 -0.06 +- 0.06, 1.13 with the rounds off. A first rule that gave a node whose slots all read alike no
 priority biased S down (-0.18 +- 0.04, variance 0.44): see `ZERO_IDEAL_SE`.
 
-Measured (bench/bench_precision.py, long-horizon exact world, 3 seeds, M = 8, all four noise cuts):
-the rounds do not cut the error at equal continuations there. Rounds off: mean |cos - exact| 0.330,
-corr 0.27, coverage 0.82; 2 rounds, share 0.5: `shrink` 0.340 / 0.23 / 0.79, `spread` 0.347 / 0.21 /
-0.80, `signal` 0.350 / 0.20 / 0.82 (and S z variance 0.85: it leaves nodes with g* estimated as 0
-locked). Hence off by default. `shrink` is the rule kept: the least error of the three, and the one
-that follows from the goal (the most narrowing per continuation spent). Why no gain there: a
-cosine is unresolved mostly where the true ideal gradient is weak, so the pool flows toward weak
-nodes (correlation of a node's gain with its exact |cos|: -0.20), where more continuations barely
-move the error (nodes that gained, +27% continuations: 0.356 -> 0.354), and away from the rest
-(-19%: 0.310 -> 0.329). Weighting by the estimated snr (`signal`, `shrink_signal`, or with a floor)
-did not fix it: 0.340-0.355.
+Measured (bench/bench_precision.py, long-horizon exact world, 3 seeds, M = 8): the rounds do not cut
+the error at equal continuations there. On the default equal allocation: rounds off, mean |cos - exact|
+0.273 over every row, corr 0.27, coverage 0.84; 2 rounds with share 0.25 / 0.5: 0.278 / 0.275, corr
+0.27, coverage 0.84. On pilot allocation (where the rule was chosen; error over the rows with a
+cosine): off 0.330 / corr 0.27 / coverage 0.82; 2 rounds, share 0.5: `shrink` 0.340 / 0.23 / 0.79,
+`spread` 0.347 / 0.21 / 0.80, `signal` 0.350 / 0.20 / 0.82 (and S z variance 0.85: it leaves nodes
+with g* estimated as 0 locked). Hence off by default. `shrink` is the rule kept: the least error of
+the three, and the one that follows from the goal (the most narrowing per continuation spent). Why
+no gain: a cosine is unresolved mostly where the true ideal gradient is weak, so the pool flows
+toward weak nodes (correlation of a node's gain with its exact |cos|: -0.20), where more
+continuations barely move the error (nodes that gained, +27% continuations: 0.356 -> 0.354), and
+away from the rest (-19%: 0.310 -> 0.329). Weighting by the estimated snr (`signal`,
+`shrink_signal`, or with a floor) did not fix it: 0.340-0.355.
+
+Sequential testing: a node that reads resolved after a round gets priority 0 and keeps its verdict,
+while unresolved nodes get more looks, so over R + 1 looks `resolved` is no longer an exact 95% sign
+test (nor the interval an exact 95% one). Another reason the switch is off.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from gradalign.pipeline.alignment import (
     NodeEstimate,
     RowEstimate,
     node_estimate,
-    row_estimate,
+    node_row_estimates,
 )
 from gradalign.pipeline.branching import (
     Branch,
@@ -60,7 +66,6 @@ from gradalign.pipeline.branching import (
     slot_list,
 )
 from gradalign.pipeline.resources import Resources
-from gradalign.pipeline.rollouts import node_tokens
 from gradalign.pipeline.scoring import NodeDists
 
 log = logging.getLogger(__name__)
@@ -75,8 +80,8 @@ ZERO_IDEAL_SE = 1.0 / math.sqrt(3.0)
 """The spread `node_priority` gives a row whose ideal gradient is estimated as exactly 0 (every slot
 observed at the same rate, so its cosine is undefined): that of a cosine known to lie in [-1, 1]
 and nothing more (uniform). Giving it 0 instead locked such nodes at their first-round counts, and a
-node whose slots all read 0/n then kept a rate below the truth (tiny exact world, M = 8: S z mean
--0.13 +- 0.05 over 280 candidates, see `run_rounds`)."""
+node whose slots all read 0/n then kept a rate below the truth (tiny exact world, M = 8, 4 rounds,
+share 0.75: S z mean -0.18 +- 0.04, variance 0.44; see the module docstring)."""
 
 
 def held_back(slots: int, M: int, floor: int, share: float) -> int:
@@ -116,19 +121,18 @@ def split_pool(pool: int, priorities: Sequence[float]) -> list[int]:
     return allocate(pool, list(priorities), [0] * len(priorities))
 
 
+def _node_count(outcomes: dict, bi: int, br: Branch) -> int:
+    """The continuations branch ``bi`` has, over all its slots."""
+    return sum(len(outcomes[(bi, s)]) for s in slot_list(br))
+
+
 def _priorities(res: Resources, branches: Sequence[Branch], outcomes: BranchOutcomes,
                 dists: dict[tuple[str, int], NodeDists]) -> list[float]:
-    cfg = res.cfg
     out = []
     for bi, br in enumerate(branches):
-        r = br.rollout
         est = node_estimate(res, br, bi, outcomes, dists)
-        d = dists[(r.question_id, r.rollout_id)]
-        y = node_tokens(res, r)[br.position]
-        rows = [row_estimate(est, d.teachers[t.name][br.node_index], loss, y, cfg.distill.jsd_beta)
-                for t in res.teachers for loss in cfg.distill.losses]
-        n = sum(len(outcomes.outcomes[(bi, s)]) for s in slot_list(br))
-        out.append(node_priority(est, rows, n, PRIORITY))
+        rows = [row for _, _, row in node_row_estimates(res, br, est, dists[(br.rollout.question_id, br.rollout.rollout_id)])]
+        out.append(node_priority(est, rows, _node_count(outcomes.outcomes, bi, br), PRIORITY))
     return out
 
 
@@ -158,7 +162,7 @@ def run_rounds(res: Resources, branches: Sequence[Branch],
         for bi, e in enumerate(extra):
             if e:
                 br = branches[bi]
-                totals[bi] = sum(len(outcomes[(bi, s)]) for s in slot_list(br)) + e
+                totals[bi] = _node_count(outcomes, bi, br) + e
                 p = dists[(br.rollout.question_id, br.rollout.rollout_id)].student[br.node_index].exp()
                 branches[bi] = extend_residual(res, br, p, totals[bi])
         more, n = draw(res, branches, split_within(res, branches, outcomes, totals))

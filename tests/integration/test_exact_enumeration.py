@@ -315,15 +315,16 @@ def test_stop_node_joins_every_table(tiny_world, tmp_path):
         assert (inner[col] - off.tokens[col]).abs().max() < 1e-5, col
 
 
-@pytest.mark.slow  # about 40 s on 2 shared cores: M = 64, 64 rollouts against exact enumeration
-def test_stop_node_keeps_s_unbiased(tiny_world, tmp_path):
+@pytest.mark.slow  # about 40 s per allocation on 2 shared cores: M = 64, 64 rollouts against exact enumeration
+@pytest.mark.parametrize("allocation", ["equal", "pilot"])
+def test_stop_node_keeps_s_unbiased(tiny_world, tmp_path, allocation):
     """At the stop node every S_k is an unbiased binomial proportion of the exact success
     probability (z mean ~0, variance ~1 over its non-degenerate candidates: writing one more token
     and going on), the EOS candidate is exact (the rollout's own verdict), V = sum p S holds in the
     nodes table, and the cosines there converge to the exact ones (the oracle enumerates position T
-    with y = EOS). Common random numbers on (the default) with pilot allocation, whose EOS rule
-    (an EOS candidate gets only the floor) is the one place the stop node changes how M is spent."""
-    t = _run(tiny_world, tmp_path, 64, 0, rollouts=64, top_k=6, eos_node=True, allocation="pilot")
+    with y = EOS). Common random numbers on (the default), under the default equal allocation and
+    under pilot, whose EOS rule (an EOS candidate gets only the floor) changes how M is spent."""
+    t = _run(tiny_world, tmp_path, 64, 0, rollouts=64, top_k=6, eos_node=True, allocation=allocation)
     exact_s: dict = {}
     exact = _exact_rows(tiny_world, t, exact_s)
     stops = _stop_keys(t)

@@ -68,6 +68,12 @@ def test_node_rounds_config_is_checked():
     cfg = load_config(data_dir() / "configs" / "demo.toml")
     with pytest.raises(ConfigError, match="node_share"):
         apply_overrides(cfg, {"branching.node_rounds": 2, "branching.node_share": 1.0})
+    # the pooled budget is counted in continuations: adaptive M would add to it, a token budget would not hold
+    with pytest.raises(ConfigError, match="node_rounds.*adaptive_target_width"):
+        apply_overrides(cfg, {"branching.node_rounds": 2, "branching.adaptive_target_width": 0.3,
+                              "branching.adaptive_max": 16})
+    with pytest.raises(ConfigError, match="node_rounds.*budget_tokens"):
+        apply_overrides(cfg, {"branching.node_rounds": 2, "branching.budget_tokens": 10_000})
     for allocation in ("equal", "pilot"):
         over = {"branching.node_rounds": 2, "branching.allocation": allocation}
         assert apply_overrides(cfg, over).branching.node_rounds == 2
