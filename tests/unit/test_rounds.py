@@ -13,7 +13,6 @@ import torch
 from test_pipeline_stages import _resources
 
 from gradalign.config import ConfigError, apply_overrides, load_config
-from gradalign.graders import Verdict
 from gradalign.gradients import Cosine
 from gradalign.pipeline import NodeDists, Rollout, Teacher, plan_branches, select_nodes
 from gradalign.pipeline import rounds as R
@@ -90,21 +89,12 @@ class _SeedSampler:
         pass
 
 
-class _Correct:
-    def grade_many(self, items):
-        return [Verdict(True, "42", "ok", "match") for _ in items]
-
-    def close(self):
-        pass
-
-
 def _setup(**over):
     res = _resources(_SeedSampler(), **{"branching.selector": "every", "branching.top_k": 1, "branching.continuations": 4,
                                         "branching.allocation": "pilot", "branching.allocation_floor": 1,
                                         "branching.residual": True, "branching.residual_min_mass": 0.0,
                                         "branching.eos_node": False, "branching.node_rounds": 2,
                                         "branching.node_share": 0.5, **over})
-    res = dataclasses.replace(res, grader=_Correct())
     comp = Completion((5, 6, 4), truncated=False, ended_with_eos=True)
     r = Rollout("q0", 0, {"id": "q0"}, "p", (1,), Outcome(True, False, comp, True, "", None, "ok", ""))
     plan = select_nodes(res, [r])[0]
